@@ -1,0 +1,1 @@
+"""gateway: Grafana's data source HTTP API as a standalone service."""
