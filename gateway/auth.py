@@ -1,0 +1,228 @@
+"""Who is calling (basic auth admin, service account tokens), in which org, and what they may do."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+import msgspec
+from aiohttp import web
+
+from gateway.accounts import AccountStore, TokenGrant, is_well_formed_token, token_hash
+from gateway.config import Config
+from gateway.errors import AccessDenied, GatewayError, Unauthorized, invalid_api_key
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Permissions = Mapping[str, frozenset[str]]
+
+# Grafana OSS fixed roles as granted to basic roles (spec-crud §3.4); "" is the scope of an action
+# that takes none (datasources:create).
+_VIEWER = {
+    "datasources:read": {"datasources:*"},
+    "datasources:query": {"datasources:*"},
+    "datasources.id:read": {"datasources:*"},
+}
+_EDITOR = {**_VIEWER, "datasources:explore": {""}}
+_ADMIN = {
+    **_EDITOR,
+    "datasources:create": {""},
+    "datasources:write": {"datasources:*"},
+    "datasources:delete": {"datasources:*"},
+    "datasources.permissions:read": {"datasources:*"},
+    "datasources.permissions:write": {"datasources:*"},
+    "serviceaccounts:read": {"serviceaccounts:*"},
+    "serviceaccounts:create": {""},
+    "serviceaccounts:write": {"serviceaccounts:*"},
+    "serviceaccounts:delete": {"serviceaccounts:*"},
+}
+_SERVER_ADMIN = {"orgs:read": {"*"}, "orgs:create": {""}}
+
+
+def role_permissions(role: str, extra: Iterable[tuple[str, str]] = (), server_admin: bool = False) -> Permissions:
+    """The permissions a basic role grants, plus any fine-grained (action, scope) grants."""
+    base = {"Admin": _ADMIN, "Editor": _EDITOR, "Viewer": _VIEWER}.get(role, {})
+    merged: dict[str, set[str]] = {action: set(scopes) for action, scopes in base.items()}
+    if server_admin:
+        for action, scopes in _SERVER_ADMIN.items():
+            merged.setdefault(action, set()).update(scopes)
+    for action, scope in extra:
+        merged.setdefault(action, set()).add(scope)
+    return MappingProxyType({action: frozenset(scopes) for action, scopes in merged.items()})
+
+
+def scope_matches(granted: str, target: str) -> bool:
+    """Grafana's scope match: equal, or a `*` right after ':' or '/' as a prefix wildcard."""
+    if granted == target:
+        return True
+    if not granted.endswith("*"):
+        return False
+    prefix = granted[:-1]
+    if "*" in prefix or "?" in granted or (prefix and prefix[-1] not in ":/"):
+        return False
+    return target.startswith(prefix)
+
+
+class Identity(msgspec.Struct, frozen=True, kw_only=True):
+    """The caller: a user or service account acting in one org with a role and permissions."""
+
+    kind: str  # "user" | "service-account"
+    id: int
+    login: str
+    org_id: int
+    role: str
+    permissions: Permissions
+
+    def can(self, action: str, scope: str | None = None) -> bool:
+        """True when the caller holds `action` on `scope` (on any scope when None)."""
+        scopes = self.permissions.get(action)
+        if not scopes:
+            return False
+        if scope is None:
+            return True
+        return any(scope_matches(granted, scope) for granted in scopes)
+
+    def access_control(self, uid: str) -> dict[str, bool]:
+        """The accessControl map of one data source: every action held on a scope covering its uid."""
+        covering = {"*", "datasources:*", "datasources:uid:*", f"datasources:uid:{uid}"}
+        return {action: True for action, scopes in sorted(self.permissions.items()) if scopes & covering}
+
+
+class _TtlCache:
+    """A small bounded map whose entries expire; enough for token and org lookups."""
+
+    def __init__(self, ttl: float, size: int = 10_000) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._items: OrderedDict[object, tuple[float, object]] = OrderedDict()
+
+    def get(self, key: object) -> object | None:
+        hit = self._items.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: object, value: object) -> None:
+        self._items[key] = (time.monotonic() + self._ttl, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+    def drop(self, key: object) -> None:
+        self._items.pop(key, None)
+
+
+class Authenticator:
+    """Turns a request's credentials into an Identity; caches verified tokens briefly."""
+
+    def __init__(self, config: Config, accounts: AccountStore) -> None:
+        self._admin_user = config.security.admin_user.encode()
+        self._admin_password = config.security.admin_password.encode()
+        self._accounts = accounts
+        self._tokens = _TtlCache(config.gateway.token_cache_seconds)
+        self._orgs = _TtlCache(60.0, 1000)
+
+    def forget_token(self, hashed: str) -> None:
+        """Drop a deleted token from this process's cache at once."""
+        self._tokens.drop(hashed)
+
+    async def identify(self, request: web.Request) -> Identity:
+        """The caller of `request`, or Unauthorized with Grafana's body."""
+        header = request.headers.get("Authorization", "")
+        scheme, _, credentials = header.partition(" ")
+        scheme = scheme.lower()
+        requested_org = _requested_org(request)
+        if scheme == "bearer" and credentials.strip():
+            return await self._from_token(credentials.strip(), requested_org)
+        if scheme == "basic" and credentials:
+            try:
+                user, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                raise Unauthorized() from None
+            if user == "api_key":
+                return await self._from_token(password, requested_org)
+            return await self._from_password(user, password, requested_org)
+        raise Unauthorized()
+
+    async def _from_password(self, user: str, password: str, requested_org: int) -> Identity:
+        user_ok = hmac.compare_digest(user.encode(), self._admin_user)
+        password_ok = hmac.compare_digest(password.encode(), self._admin_password)
+        if not (user_ok and password_ok):
+            raise Unauthorized("Invalid username or password", "password-auth.failed")
+        org_id = requested_org or 1
+        # the admin is Admin of every org that exists; elsewhere it has no role (spec-crud §2)
+        role = "Admin" if await self._org_exists(org_id) else "None"
+        return Identity(
+            kind="user", id=1, login=user, org_id=org_id, role=role,
+            permissions=role_permissions(role, server_admin=True),
+        )
+
+    async def _org_exists(self, org_id: int) -> bool:
+        if self._orgs.get(org_id):
+            return True
+        exists = await self._accounts.org_exists(org_id)
+        if exists:
+            self._orgs.put(org_id, True)
+        return exists
+
+    async def _from_token(self, token: str, requested_org: int) -> Identity:
+        if not is_well_formed_token(token):
+            raise invalid_api_key()
+        hashed = token_hash(token)
+        grant = self._tokens.get(hashed)
+        if grant is None:
+            grant = await self._accounts.token_grant(hashed)
+            if grant is None:
+                raise invalid_api_key()
+            self._tokens.put(hashed, grant)
+        assert isinstance(grant, TokenGrant)
+        if grant.revoked:
+            raise Unauthorized("Revoked API key", "api-key.revoked")
+        if grant.expires is not None and grant.expires <= datetime.now(UTC):
+            raise Unauthorized("Expired API key", "api-key.expired")
+        if grant.disabled:
+            raise invalid_api_key()
+        if requested_org and requested_org != grant.org_id:
+            raise Unauthorized(
+                "API key does not belong to the requested organization", "api-key.organization-mismatch",
+            )
+        return Identity(
+            kind="service-account", id=grant.service_account_id, login=grant.login, org_id=grant.org_id,
+            role=grant.role, permissions=role_permissions(grant.role, grant.permissions),
+        )
+
+
+def _requested_org(request: web.Request) -> int:
+    """targetOrgId, then X-Grafana-Org-Id; unparsable or absent is 0 (the principal's default)."""
+    for raw in (request.query.get("targetOrgId"), request.headers.get("X-Grafana-Org-Id")):
+        if raw:
+            try:
+                return max(int(raw), 0)
+            except ValueError:
+                continue
+    return 0
+
+
+def require(identity: Identity, action: str, scope: str | None = None) -> None:
+    """Raise Grafana's 403 unless the caller holds `action` (on `scope`, when given)."""
+    if not identity.can(action, scope):
+        raise AccessDenied(action)
+
+
+_PUBLIC = frozenset({"/api/health"})
+
+authenticator_key = web.AppKey("authenticator", Authenticator)
+identity_key = web.RequestKey("identity", Identity)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Require a signed-in caller on every /api route but the health probe."""
+    if request.path.startswith("/api/") and request.path not in _PUBLIC:
+        request[identity_key] = await request.app[authenticator_key].identify(request)
+    return await handler(request)

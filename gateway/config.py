@@ -1,0 +1,175 @@
+"""Configuration in Grafana's form: INI defaults, an optional custom INI file, GF_* overrides."""
+
+from __future__ import annotations
+
+import configparser
+import importlib.resources
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgspec
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+class Server(msgspec.Struct, frozen=True, kw_only=True):
+    http_addr: str = ""
+    http_port: int = 3000
+    workers: int = 0
+    shutdown_timeout: float = 30.0
+
+
+class Database(msgspec.Struct, frozen=True, kw_only=True):
+    url: str = ""
+    max_open_conn: int = 10
+    max_idle_conn: int = 2
+    query_timeout: float = 10.0
+
+
+class Security(msgspec.Struct, frozen=True, kw_only=True):
+    admin_user: str = "admin"
+    admin_password: str = "admin"
+    secret_key: str = "SW2YcwTIb9zpOOhoPsMm"
+    data_source_proxy_whitelist: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Security(admin_user={self.admin_user!r}, admin_password=..., secret_key=...)"
+
+
+class DataSources(msgspec.Struct, frozen=True, kw_only=True):
+    datasource_limit: int = 5000
+
+
+class Paths(msgspec.Struct, frozen=True, kw_only=True):
+    data: str = "data"
+
+
+class DataProxy(msgspec.Struct, frozen=True, kw_only=True):
+    logging: bool = False
+    timeout: float = 30.0
+    dial_timeout: float = msgspec.field(default=10.0, name="dialTimeout")
+    keep_alive_seconds: float = 30.0
+    tls_handshake_timeout_seconds: float = 10.0
+    max_conns_per_host: int = 0
+    max_idle_connections: int = 100
+    idle_conn_timeout_seconds: float = 90.0
+    send_user_header: bool = False
+    response_limit: int = 0
+    user_agent: str = ""
+
+
+class Gateway(msgspec.Struct, frozen=True, kw_only=True):
+    grafana_version: str = "12.4.0"
+    max_body_bytes: int = 1 << 20
+    token_cache_seconds: float = 10.0
+    proxy_pass_through_401: bool = False
+    proxy_idle_read_timeout: float = 60.0
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """The whole configuration; every section is a frozen Struct with Grafana's key names."""
+
+    server: Server = Server()
+    database: Database = Database()
+    security: Security = Security()
+    datasources: DataSources = DataSources()
+    paths: Paths = Paths()
+    dataproxy: DataProxy = DataProxy()
+    gateway: Gateway = Gateway()
+
+    SECTIONS: ClassVar[tuple[str, ...]] = (
+        "server", "database", "security", "datasources", "paths", "dataproxy", "gateway",
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], config_file: str | os.PathLike[str] | None = None) -> Config:
+        """Read the embedded defaults, then `config_file`, then GF_<SECTION>_<KEY> variables."""
+        parser = _parser()
+        parser.read_string(importlib.resources.files("gateway").joinpath("conf/defaults.ini").read_text())
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigError(f"config file {str(path)!r} does not exist")
+            parser.read_string(path.read_text())
+        sections: dict[str, Any] = {}
+        for section in cls.SECTIONS:
+            struct_type = msgspec.structs.fields(cls)[cls.SECTIONS.index(section)].type
+            values: dict[str, Any] = {}
+            for field in msgspec.structs.fields(struct_type):
+                key = field.encode_name
+                raw = parser.get(section, key, fallback=None)
+                env_name = _env_name(section, key)
+                if env_name in environ:
+                    raw = environ[env_name]
+                if raw is None:
+                    continue
+                values[key] = _parse_value(section, key, raw.strip(), field.type)
+            sections[section] = msgspec.convert(values, struct_type)
+        config = cls(**sections)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Reject values that parse but cannot work, naming the key."""
+        if not 0 <= self.server.http_port <= 65535:
+            raise ConfigError(f"invalid value for [server] http_port: {self.server.http_port} is not a port")
+        if self.server.workers < 0:
+            raise ConfigError("invalid value for [server] workers: must be 0 (one per core) or more")
+        if self.database.url and not re.match(r"^postgres(ql)?://", self.database.url):
+            raise ConfigError("invalid value for [database] url: must start with postgres:// or postgresql://")
+        if self.database.max_open_conn < 1:
+            raise ConfigError("invalid value for [database] max_open_conn: must be at least 1")
+        if not self.security.secret_key:
+            raise ConfigError("invalid value for [security] secret_key: must not be empty")
+        if self.gateway.max_body_bytes < 1024:
+            raise ConfigError("invalid value for [gateway] max_body_bytes: must be at least 1024")
+        for name in ("timeout", "dial_timeout", "idle_conn_timeout_seconds"):
+            if getattr(self.dataproxy, name) <= 0:
+                raise ConfigError(f"invalid value for [dataproxy] {name}: must be more than 0")
+
+    @property
+    def cores(self) -> int:
+        """Worker processes to start: [server] workers, or one per core when 0."""
+        return self.server.workers or (os.cpu_count() or 1)
+
+
+def _parser() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None, comment_prefixes=("#", ";"))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep Grafana's key case (dialTimeout)
+    return parser
+
+
+def _env_name(section: str, key: str) -> str:
+    return "GF_" + re.sub(r"[.\-]", "_", f"{section}_{key}").upper()
+
+
+_TRUE = {"1", "t", "true", "yes", "on"}
+_FALSE = {"0", "f", "false", "no", "off", ""}
+
+
+def _parse_value(section: str, key: str, raw: str, kind: Any) -> Any:
+    where = f"[{section}] {key}"
+    try:
+        if kind is bool:
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise ValueError("not a boolean (true/false)")
+        if kind is int:
+            return int(raw or "0")
+        if kind is float:
+            value = float(raw or "0")
+            if value != value:  # NaN
+                raise ValueError("not a number")
+            return value
+        if kind == tuple[str, ...]:
+            return tuple(part for part in re.split(r"[,\s]+", raw) if part)
+        return raw
+    except ValueError as error:
+        raise ConfigError(f"invalid value for {where}: {raw!r} ({error})") from None

@@ -1,0 +1,72 @@
+"""The asyncpg pool, its codecs, and the translation of database failures into domain errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from gateway.config import Database as DatabaseConfig
+from gateway.errors import BadRequestData, DatabaseUnavailable, GatewayError
+
+# Failures that mean "Postgres is not there right now", as opposed to a bad statement.
+UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+)
+
+
+async def _init_connection(conn: Any) -> None:
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", format="text",
+        encoder=lambda value: msgspec.json.encode(value).decode(), decoder=msgspec.json.decode,
+    )
+
+
+async def create_pool(config: DatabaseConfig, url: str) -> Any:
+    """A pool with the jsonb codec; connects lazily so a down database does not stop the start."""
+    return await asyncpg.create_pool(
+        url, min_size=0, max_size=config.max_open_conn, max_inactive_connection_lifetime=300,
+        init=_init_connection, timeout=5, command_timeout=config.query_timeout,
+        server_settings={"statement_timeout": str(int(config.query_timeout * 1000)), "application_name": "gateway"},
+    )
+
+
+class Database:
+    """The pool plus the named statements; every store goes through `connection()`."""
+
+    def __init__(self, pool: Any, queries: Mapping[str, str], acquire_timeout: float = 5.0) -> None:
+        self.pool = pool
+        self.queries = queries
+        self._acquire_timeout = acquire_timeout
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; outages become 503s and invalid data 400s, by exception class."""
+        try:
+            async with self.pool.acquire(timeout=self._acquire_timeout) as conn:
+                yield conn
+        except GatewayError:
+            raise
+        except asyncpg.DataError:
+            # e.g. a NUL character or an out-of-range number sent by the client
+            raise BadRequestData() from None
+        except UNAVAILABLE as error:
+            raise DatabaseUnavailable() from error
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        """True when Postgres answers SELECT 1 within `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout), self.connection() as conn:
+                await conn.fetchval("SELECT 1")
+        except (DatabaseUnavailable, TimeoutError):
+            return False
+        return True

@@ -1,0 +1,22 @@
+"""Typed keys for everything the app and a request carry."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.accounts import AccountStore
+from gateway.auth import authenticator_key, identity_key
+from gateway.config import Config
+from gateway.crypto import SecretBox
+from gateway.db import Database
+from gateway.store import DataSourceStore
+
+config_key = web.AppKey("config", Config)
+db_key = web.AppKey("db", Database)
+box_key = web.AppKey("box", SecretBox)
+store_key = web.AppKey("store", DataSourceStore)
+accounts_key = web.AppKey("accounts", AccountStore)
+
+__all__ = [
+    "accounts_key", "authenticator_key", "box_key", "config_key", "db_key", "identity_key", "store_key",
+]
