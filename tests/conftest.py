@@ -1,0 +1,150 @@
+"""One real Postgres database per test run; tables emptied before each test; the app via aiohttp_client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.accounts import AccountStore
+from gateway.app import create_app, open_database
+from gateway.config import Config
+
+ADMIN = {"Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}
+
+
+def _server_url() -> str:
+    """GATEWAY_TEST_DATABASE_URL, else the Postgres on 127.0.0.1:5432 if it answers, else an embedded one."""
+    if url := os.environ.get("GATEWAY_TEST_DATABASE_URL"):
+        return url
+    local = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+    async def answers() -> bool:
+        try:
+            conn = await asyncpg.connect(local, timeout=3)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
+        await conn.close()
+        return True
+
+    if asyncio.run(answers()):
+        return local
+    from gateway.embedded import start_embedded_postgres
+
+    return start_embedded_postgres(os.path.join(tempfile.gettempdir(), "gateway-test-pg"))
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    base = base.rsplit("/", 1)[0] + "/" + name
+    return base + ("?" + query if query else "")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database for this run, migrated once, dropped at the end."""
+    server = _server_url()
+    name = f"gateway_test_{uuid.uuid4().hex[:10]}"
+
+    async def run(statement: str) -> None:
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    url = _with_database(server, name)
+
+    async def migrate() -> None:
+        db, _ = await open_database(make_config(url))
+        await db.pool.close()
+
+    asyncio.run(migrate())
+    yield url
+    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def make_config(url: str, **sections: dict[str, Any]) -> Config:
+    """A test Config: defaults, the test database, and any section overrides."""
+    config = Config.from_env({"GF_DATABASE_URL": url})
+    for section, values in sections.items():
+        config = msgspec.structs.replace(
+            config, **{section: msgspec.structs.replace(getattr(config, section), **values)},
+        )
+    return config
+
+
+@pytest.fixture
+def config(database_url: str) -> Config:
+    return make_config(database_url)
+
+
+@pytest.fixture(autouse=True)
+async def clean_tables(request: pytest.FixtureRequest) -> None:
+    """Empty every table but the seeded org and the data keys before each test that uses the database."""
+    if "database_url" not in request.fixturenames:
+        return
+    url = request.getfixturevalue("database_url")
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "TRUNCATE data_source, api_token, service_account_permission, service_account RESTART IDENTITY CASCADE;"
+            " DELETE FROM org WHERE id <> 1;"
+            " SELECT setval(pg_get_serial_sequence('org', 'id'), 1);"
+            " SELECT setval(pg_get_serial_sequence('service_account', 'id'), 1);"
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def client(aiohttp_client: Any, config: Config) -> TestClient[Any, Any]:
+    """The app under test, on a real socket."""
+    return await aiohttp_client(create_app(config))
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection, for asserting on raw rows."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+TokenFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def make_token(config: Config) -> AsyncIterator[TokenFactory]:
+    """Create a service account with a role (and optional grants) and return headers with its token."""
+    db, _ = await open_database(config)
+    accounts = AccountStore(db)
+    counter = 0
+
+    async def factory(role: str = "Viewer", permissions: tuple[tuple[str, str], ...] = (), org_id: int = 1,
+                      seconds_to_live: int = 0) -> dict[str, str]:
+        nonlocal counter
+        counter += 1
+        sa = await accounts.create_service_account(org_id, f"sa{counter}-{role}", role, False, permissions)
+        _, _, token = await accounts.create_token(org_id, sa["id"], "t", seconds_to_live)
+        return {"Authorization": f"Bearer {token}"}
+
+    yield factory
+    await db.pool.close()
+
+
+def prom(**overrides: Any) -> dict[str, Any]:
+    """A typical create body."""
+    body = {"name": "prom", "type": "prometheus", "access": "proxy", "url": "http://prom:9090"}
+    body.update(overrides)
+    return body
