@@ -57,7 +57,7 @@ _TOKEN = re.compile(r"^gl([a-z]+)_([0-9A-Za-z]{32})_([0-9a-f]{8})$")
 def is_well_formed_token(token: str) -> bool:
     """True when the token has Grafana's prefixed shape and its checksum matches."""
     match = _TOKEN.match(token)
-    return bool(match) and match.group(1) == "sa" and _checksum(match.group(2)) == match.group(3)
+    return match is not None and match.group(1) == "sa" and _checksum(match.group(2)) == match.group(3)
 
 
 def token_hash(token: str) -> str:

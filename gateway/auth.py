@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.accounts import AccountStore, TokenGrant, is_well_formed_token, token_hash
 from gateway.config import Config
-from gateway.errors import AccessDenied, GatewayError, Unauthorized, invalid_api_key
+from gateway.errors import AccessDenied, Unauthorized, invalid_api_key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Permissions = Mapping[str, frozenset[str]]

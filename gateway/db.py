@@ -62,10 +62,10 @@ class Database:
         except UNAVAILABLE as error:
             raise DatabaseUnavailable() from error
 
-    async def ping(self, timeout: float = 2.0) -> bool:
-        """True when Postgres answers SELECT 1 within `timeout` seconds."""
+    async def ping(self) -> bool:
+        """True when Postgres answers SELECT 1 within two seconds."""
         try:
-            async with asyncio.timeout(timeout), self.connection() as conn:
+            async with asyncio.timeout(2.0), self.connection() as conn:
                 await conn.fetchval("SELECT 1")
         except (DatabaseUnavailable, TimeoutError):
             return False

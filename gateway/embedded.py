@@ -24,7 +24,7 @@ def start_embedded_postgres(data_dir: str) -> str:
     os.environ.setdefault("XDG_RUNTIME_DIR", str(Path(data_dir).resolve()))
     pgdata = Path(data_dir).resolve() / "postgres"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     url: str = server.get_uri()
     log.info("embedded PostgreSQL running with data in %s", pgdata)
     return url

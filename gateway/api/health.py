@@ -25,7 +25,8 @@ async def get_frontend_settings(request: web.Request) -> web.Response:
         "appSubUrl": "",
         "buildInfo": {
             "buildstamp": 0, "commit": COMMIT, "edition": "Open Source", "env": "production",
-            "hideVersion": False, "latestVersion": "", "version": version, "versionString": f"gateway (Grafana {version})",
+            "hideVersion": False, "latestVersion": "", "version": version,
+            "versionString": f"gateway (Grafana {version})",
         },
         "featureToggles": {},
     })
