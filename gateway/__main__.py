@@ -36,11 +36,11 @@ def _serve_worker(config: Config, sock: socket.socket | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(config)
     if sock is not None:
-        web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True,
+        web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True, handler_cancellation=True,
                     shutdown_timeout=config.server.shutdown_timeout)
     else:
         web.run_app(app, host=config.server.http_addr or None, port=config.server.http_port, print=None,
-                    access_log=None, shutdown_timeout=config.server.shutdown_timeout)
+                    access_log=None, handler_cancellation=True, shutdown_timeout=config.server.shutdown_timeout)
 
 
 def serve(config: Config) -> None:

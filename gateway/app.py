@@ -6,16 +6,18 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway import proxy
 from gateway.accounts import AccountStore
 from gateway.api import accounts as accounts_api
 from gateway.api import datasources as datasources_api
 from gateway.api import health as health_api
 from gateway.auth import Authenticator, auth_middleware
+from gateway.cache import DataSourceCache
 from gateway.config import Config
 from gateway.crypto import SecretBox
 from gateway.db import Database, create_pool
 from gateway.errors import error_middleware
-from gateway.keys import accounts_key, authenticator_key, box_key, config_key, db_key, store_key
+from gateway.keys import accounts_key, authenticator_key, box_key, cache_key, config_key, db_key, store_key
 from gateway.sql import MIGRATION_LOCK, load_queries, migrate
 from gateway.store import DataSourceStore
 
@@ -45,7 +47,10 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[store_key] = DataSourceStore(db)
     app[accounts_key] = accounts = AccountStore(db)
     app[authenticator_key] = Authenticator(app[config_key], accounts)
+    app[cache_key] = cache = DataSourceCache(app[store_key], box, app[config_key].dataproxy)
+    await cache.start(app[config_key].database.url)
     yield
+    await cache.stop()
     await db.pool.close()
 
 
@@ -60,4 +65,5 @@ def create_app(config: Config) -> web.Application:
     health_api.add_routes(app)
     datasources_api.add_routes(app)
     accounts_api.add_routes(app)
+    proxy.add_routes(app)
     return app

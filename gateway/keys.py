@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.accounts import AccountStore
 from gateway.auth import authenticator_key, identity_key
+from gateway.cache import DataSourceCache
 from gateway.config import Config
 from gateway.crypto import SecretBox
 from gateway.db import Database
@@ -16,7 +17,8 @@ db_key = web.AppKey("db", Database)
 box_key = web.AppKey("box", SecretBox)
 store_key = web.AppKey("store", DataSourceStore)
 accounts_key = web.AppKey("accounts", AccountStore)
+cache_key = web.AppKey("cache", DataSourceCache)
 
 __all__ = [
-    "accounts_key", "authenticator_key", "box_key", "config_key", "db_key", "identity_key", "store_key",
+    "accounts_key", "authenticator_key", "box_key", "cache_key", "config_key", "db_key", "identity_key", "store_key",
 ]

@@ -103,6 +103,7 @@ class DataSourceStore:
                 raise DataSourceNameExists() from None
             if is_default:
                 await conn.execute(self._q["clear_default_data_source"], org_id, row["id"])
+            await self._notify(conn, row)
         ds = DataSource.from_record(row)
         self._changed(ds)
         return ds
@@ -141,6 +142,7 @@ class DataSourceStore:
                 raise DataSourceVersionConflict()
             if cmd.is_default:
                 await conn.execute(self._q["clear_default_data_source"], org_id, current.id)
+            await self._notify(conn, row)
         ds = DataSource.from_record(row)
         self._changed(ds)
         return ds
@@ -157,9 +159,14 @@ class DataSourceStore:
             if row["read_only"]:
                 raise DataSourceReadOnly("Cannot delete read-only data source")
             await conn.execute(self._q["delete_data_source"], org_id, row["id"])
+            await self._notify(conn, row)
         ds = DataSource.from_record(row)
         self._changed(ds)
         return ds
+
+    async def _notify(self, conn: Any, row: Any) -> None:
+        """Tell every replica, on commit, that this data source changed."""
+        await conn.execute(self._q["notify_data_source_changed"], f"{row['org_id']}:{row['id']}:{row['uid']}")
 
     def _changed(self, ds: DataSource) -> None:
         for listener in self.listeners:

@@ -109,8 +109,8 @@ async def clean_tables(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, config: Config) -> TestClient[Any, Any]:
-    """The app under test, on a real socket."""
-    return await aiohttp_client(create_app(config))
+    """The app under test, on a real socket, configured as `python -m gateway` serves it."""
+    return await aiohttp_client(create_app(config), server_kwargs={"handler_cancellation": True})
 
 
 @pytest.fixture

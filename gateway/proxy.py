@@ -1,0 +1,320 @@
+"""The data source proxy: /api/datasources/proxy/(:id|uid/:uid)/*, streamed both ways (spec-proxy §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qsl, quote_plus, unquote, urlencode
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+from gateway.api.datasources import authorize
+from gateway.auth import Identity
+from gateway.cache import Entry
+from gateway.config import Config
+from gateway.errors import DataSourceNotFound, GatewayError, IdInvalid, UidInvalidPath
+from gateway.keys import cache_key, config_key
+from gateway.models import DataSource, is_valid_uid_chars
+from gateway.transport import Transport
+from gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+
+log = logging.getLogger("gateway.proxy")
+
+PROXY_PATH = re.compile(r"^/api/datasources/proxy/(uid/[^/]*|[^/]+)/?")
+
+HOP_BY_HOP = frozenset({
+    "connection", "proxy-connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+    "trailer", "transfer-encoding", "upgrade",
+})
+# removed from what the client sent; the transport adds Host and Content-Length itself
+_REQUEST_DROP = HOP_BY_HOP | {
+    "host", "content-length", "authorization", "x-grafana-device-id", "x-grafana-user", "cookie", "user-agent",
+    "origin", "referer", "x-forwarded-host", "x-forwarded-port", "x-forwarded-proto", "x-forwarded-for",
+    "x-ds-authorization",
+}
+_RESPONSE_DROP = HOP_BY_HOP | {"set-cookie", "content-length"}
+_SECURITY_HEADERS = (
+    ("Content-Security-Policy", "sandbox"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "deny"),
+    ("X-XSS-Protection", "1; mode=block"),
+)
+_ROLE_RANK = {"None": 0, "Viewer": 1, "Editor": 2, "Admin": 3}
+PROMETHEUS_LIKE = frozenset({
+    "prometheus", "grafana-amazonprometheus-datasource", "grafana-azureprometheus-datasource", "loki",
+})
+# Prometheus plugin.json routes (spec-proxy §2.6.4): method, path, minimum role; first match wins.
+PROMETHEUS_ROUTES: tuple[tuple[str, str, str], ...] = (
+    ("GET", "api/v1/status/flags", "Admin"),
+    ("POST", "api/v1/query", "Viewer"),
+    ("POST", "api/v1/query_range", "Viewer"),
+    ("POST", "api/v1/series", "Viewer"),
+    ("POST", "api/v1/labels", "Viewer"),
+    ("POST", "api/v1/query_exemplars", "Viewer"),
+    ("GET", "rules", "Viewer"),
+    ("POST", "rules", "Editor"),
+    ("DELETE", "rules", "Editor"),
+)
+AUTH_FAILED = b"Authentication to data source failed"
+LOGIN_COOKIE = "grafana_session"
+
+
+class ProxyError(GatewayError):
+    """A proxy-level refusal: `{"message"}` with the status Grafana uses."""
+
+
+class UpstreamUnavailable(GatewayError):
+    status, message = 502, "Bad Gateway: the data source could not be reached"
+
+
+class UpstreamTimedOut(GatewayError):
+    status, message = 504, "Gateway Timeout: the data source did not answer in time"
+
+
+class UpstreamTooLarge(GatewayError):
+    status, message = 502, "Bad Gateway: the data source's response exceeds [dataproxy] response_limit"
+
+
+def join_url_fragments(base: str, suffix: str) -> str:
+    """Grafana's JoinURLFragments: one slash at the join, `base` unchanged when suffix is empty."""
+    if not suffix:
+        return base
+    if base.endswith("/") and suffix.startswith("/"):
+        return base + suffix[1:]
+    if not base.endswith("/") and not suffix.startswith("/"):
+        return base + "/" + suffix
+    return base + suffix
+
+
+def clean_relative_path(path: str) -> str:
+    """Grafana's CleanRelativePath on the decoded path: resolve `.`, `..` and `//`; `.` becomes ''."""
+    cleaned = posixpath.normpath("/" + unquote(path)).lstrip("/")
+    return "" if cleaned == "." and path != "." else cleaned
+
+
+def climbs_above_base(proxy_path: str) -> bool:
+    """True when dot-segments (plain or percent-encoded) would leave the data source's base path."""
+    depth = 0
+    for segment in proxy_path.split("/"):
+        decoded = unquote(segment)
+        if decoded == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif decoded not in ("", "."):
+            depth += 1
+    return False
+
+
+def validate_request(ds: DataSource, identity: Identity, method: str, proxy_path: str,
+                     transport: Transport, whitelist: Sequence[str]) -> None:
+    """The per-type request rules of spec-proxy §2.5, on the normalised path; ProxyError 403 on refusal."""
+    if whitelist and transport.netloc and transport.netloc not in whitelist:
+        raise ProxyError("Data proxy hostname and ip are not included in whitelist", status=403)
+    if ds.type == "elasticsearch":
+        if method == "DELETE":
+            raise ProxyError("deletes not allowed on proxied Elasticsearch datasource", status=403)
+        if method == "PUT":
+            raise ProxyError("puts not allowed on proxied Elasticsearch datasource", status=403)
+        if method == "POST" and clean_relative_path(proxy_path) != "_msearch":
+            raise ProxyError("posts not allowed on proxied Elasticsearch datasource except on /_msearch", status=403)
+    routes = PROMETHEUS_ROUTES if ds.type == "prometheus" else ()
+    path = clean_relative_path(proxy_path)
+    for route_method, route_path, role in routes:
+        if route_method not in ("", "*", method) or not path.startswith(route_path):
+            continue
+        if _ROLE_RANK.get(identity.role, 0) < _ROLE_RANK[role]:
+            raise ProxyError("plugin proxy route access denied", status=403)
+        return
+    if ds.type in PROMETHEUS_LIKE and method in ("DELETE", "PUT", "POST"):
+        raise ProxyError(f"non allow-listed {method}s not allowed on proxied {ds.type} datasource", status=403)
+
+
+def upstream_request(
+    ds: DataSource, secrets: Mapping[str, str], transport: Transport, config: Config, identity: Identity,
+    proxy_path: str, raw_query: str, headers: CIMultiDictProxy[str], client_ip: str,
+) -> tuple[str, list[tuple[str, str]]]:
+    """The request-target and headers to send upstream (spec-proxy §2.7, §2.8): credentials injected,
+    the caller's credentials, cookies and hop-by-hop headers removed. The client's encoding is kept.
+    """
+    path = join_url_fragments(transport.base_path, proxy_path)
+    query = raw_query
+    if ds.type == "influxdb":
+        query = _go_encode(parse_qsl(raw_query, keep_blank_values=True))
+    elif ds.type == "influxdb_08":
+        path = join_url_fragments(transport.base_path, f"db/{ds.database}/{proxy_path}")
+        pairs = [*parse_qsl(raw_query, keep_blank_values=True), ("u", ds.user), ("p", secrets.get("password", ""))]
+        query = _go_encode(pairs)
+    target = (path or "/") + ("?" + query if query else "")
+
+    connection_listed = {token.strip().lower() for value in headers.getall("Connection", []) for token in
+                         value.split(",")}
+    out = [(name, value) for name, value in headers.items()
+           if (lower := name.lower()) not in _REQUEST_DROP and lower not in connection_listed
+           or (lower == "te" and value.strip().lower() == "trailers")]
+    authorization = transport.authorization
+    if ds_auth := headers.get("X-DS-Authorization"):
+        authorization = ds_auth
+    if authorization is None:
+        authorization = transport.legacy_authorization
+    if authorization is not None:
+        out.append(("Authorization", authorization))
+    if config.dataproxy.send_user_header and identity.kind == "user":
+        out.append(("X-Grafana-User", identity.login))
+    if cookie := _kept_cookies(headers.getall("Cookie", []), ds.options.get("keepCookies")):
+        out.append(("Cookie", cookie))
+    out.append(("User-Agent", config.dataproxy.user_agent or f"Grafana/{config.gateway.grafana_version}"))
+    out.append(("X-Grafana-Referer", headers.get("Referer", "")))
+    forwarded = headers.get("X-Forwarded-For")
+    out.append(("X-Forwarded-For", f"{forwarded}, {client_ip}" if forwarded else client_ip))
+    for name in {name.lower() for name, _ in transport.custom_headers}:
+        out = [(n, v) for n, v in out if n.lower() != name]
+    out.extend(transport.custom_headers)  # a custom "Host" replaces the upstream Host, as Grafana
+    return target, out
+
+
+def _go_encode(pairs: Sequence[tuple[str, str]]) -> str:
+    """Go's url.Values.Encode: keys sorted, values in order, query-escaped."""
+    ordered = sorted(pairs, key=lambda pair: pair[0])
+    return urlencode(ordered, quote_via=quote_plus)
+
+
+def _kept_cookies(values: Sequence[str], keep: object) -> str:
+    """Cookies named in jsonData.keepCookies (`[]` all, `prefix[]` a prefix), never the login cookie."""
+    if not values or not isinstance(keep, list) or not keep:
+        return ""
+    jar: SimpleCookie = SimpleCookie()
+    for value in values:
+        try:
+            jar.load(value)
+        except CookieError:
+            continue
+
+    def kept(name: str) -> bool:
+        for pattern in keep:
+            if not isinstance(pattern, str):
+                continue
+            if pattern == "[]" or (pattern.endswith("[]") and name.startswith(pattern[:-2])) or pattern == name:
+                return True
+        return False
+
+    names = sorted(name for name in jar if name != LOGIN_COOKIE and kept(name))
+    return "; ".join(f"{name}={jar[name].value}" for name in names)
+
+
+async def _body(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_any():
+        yield chunk
+
+
+async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
+    """ANY /api/datasources/proxy/(:id|uid/:uid)/*: stream the request to the data source and back."""
+    identity = await authorize(request, "datasources:query")
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    match = PROXY_PATH.match(raw_path)
+    if match is None:
+        raise GatewayError("Not found", status=404)
+    reference, proxy_path = match.group(1), raw_path[match.end():]
+    entry = await _lookup(request, identity, reference)
+    ds = entry.ds
+    if climbs_above_base(proxy_path):
+        raise ProxyError("Invalid proxy path: dot-segments may not climb above the data source URL", status=400)
+    config = request.app[config_key]
+    transport = entry.transport
+    validate_request(ds, identity, request.method, proxy_path, transport, config.security.data_source_proxy_whitelist)
+    if transport.pool is None:
+        raise UpstreamUnavailable("Bad Gateway: the data source has no host in its URL")
+    target, headers = upstream_request(
+        ds, entry.secrets, transport, config, identity, proxy_path, raw_query, request.headers,
+        request.remote or "",
+    )
+    body = _body(request) if request.body_exists else None
+    try:
+        upstream = await transport.pool.request(
+            request.method, target, headers, body, content_length=request.content_length,
+            header_timeout=transport.header_timeout, read_timeout=config.gateway.proxy_idle_read_timeout,
+        )
+    except UpstreamTimeout:
+        raise UpstreamTimedOut() from None
+    except UpstreamError as error:
+        log.warning("proxy request to data source %s failed: %s", ds.uid, type(error).__name__)
+        raise UpstreamUnavailable() from None
+    return await _relay(request, upstream, config)
+
+
+async def _lookup(request: web.Request, identity: Identity, reference: str) -> Entry:
+    cache = request.app[cache_key]
+    try:
+        if reference.startswith("uid/"):
+            uid = reference[4:]
+            if not is_valid_uid_chars(uid):
+                raise UidInvalidPath()
+            entry = await cache.get(identity.org_id, uid=uid)
+        else:
+            try:
+                ds_id = int(reference)
+            except ValueError:
+                raise IdInvalid(trace=True) from None
+            entry = await cache.get(identity.org_id, id=ds_id)
+    except DataSourceNotFound:
+        raise GatewayError("Unable to find datasource", status=404, trace=True) from None
+    if not identity.can("datasources:query", f"datasources:uid:{entry.ds.uid}"):
+        raise GatewayError("Access denied to datasource", status=403, trace=True)
+    return entry
+
+
+async def _relay(request: web.Request, upstream: UpstreamResponse, config: Config) -> web.StreamResponse:
+    if upstream.status == 401 and not config.gateway.proxy_pass_through_401:
+        # Grafana hides upstream 401s: a 401 would sign the browser user out (spec-proxy §2.11.1)
+        upstream.abort()
+        response = web.Response(status=400, body=AUTH_FAILED, content_type="text/plain", charset="utf-8")
+        response.headers.extend(_SECURITY_HEADERS)
+        return response
+    limit = config.dataproxy.response_limit
+    if limit and upstream.content_length is not None and upstream.content_length > limit:
+        upstream.abort()
+        raise UpstreamTooLarge()
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    connection_listed = {token.strip().lower() for name, value in upstream.headers if name.lower() == "connection"
+                         for token in value.split(",")}
+    for name, value in upstream.headers:
+        lower = name.lower()
+        if lower not in _RESPONSE_DROP and lower not in connection_listed:
+            response.headers.add(name, value)
+    for name, value in _SECURITY_HEADERS:
+        response.headers[name] = value
+    if upstream.content_length is not None:
+        response.content_length = upstream.content_length
+    sent = 0
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.chunks():
+            sent += len(chunk)
+            if limit and sent > limit:
+                raise UpstreamTooLarge()
+            await response.write(chunk)
+        await response.write_eof()
+    except (UpstreamError, UpstreamTooLarge) as error:
+        # headers are out: end the connection so the client sees a broken response, not a short 200
+        log.warning("proxy response stream ended early: %s", type(error).__name__)
+        upstream.abort()
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    except (ConnectionResetError, asyncio.CancelledError):
+        upstream.abort()
+        raise
+    upstream.release()
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the proxy routes for every method."""
+    for path in ("/api/datasources/proxy/uid/{uid}", "/api/datasources/proxy/uid/{uid}/{rest:.*}",
+                 "/api/datasources/proxy/{id}", "/api/datasources/proxy/{id}/{rest:.*}"):
+        app.router.add_route("*", path, proxy_data_source_request)

@@ -1,0 +1,120 @@
+"""A data source's outgoing transport: its target, TLS, pooled connections and injected credentials."""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+import tempfile
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from gateway.config import DataProxy
+from gateway.errors import GatewayError
+from gateway.models import DataSource, validate_url
+from gateway.upstream import UpstreamPool
+
+
+class InvalidDataSourceURL(GatewayError):
+    status, trace = 400, True
+
+
+class TLSConfigError(GatewayError):
+    status, message, trace = 400, "Unable to load TLS certificate", True
+
+
+def basic(user: str, password: str) -> str:
+    """An Authorization header value for HTTP basic auth."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _tls_context(ds: DataSource, secrets: Mapping[str, str]) -> ssl.SSLContext:
+    """TLS options from jsonData/secureJsonData, as Grafana's dsTLSOptions (spec-proxy §2.10.3)."""
+    options = ds.options
+    context = ssl.create_default_context()
+    try:
+        if options.get("tlsAuthWithCACert") and secrets.get("tlsCACert"):
+            context = ssl.create_default_context(cadata=secrets["tlsCACert"])  # that CA only, as Grafana
+        if options.get("tlsAuth") and secrets.get("tlsClientCert") and secrets.get("tlsClientKey"):
+            # ssl can only read a key pair from files: write them readable by us alone, load, delete
+            with tempfile.TemporaryDirectory() as folder:
+                cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+                for path, value in ((cert, secrets["tlsClientCert"]), (key, secrets["tlsClientKey"])):
+                    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(descriptor, "w") as handle:
+                        handle.write(value)
+                context.load_cert_chain(cert, key)
+    except (ssl.SSLError, ValueError, OSError):
+        raise TLSConfigError() from None
+    if options.get("tlsSkipVerify"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class Transport:
+    """Everything needed to call one data source: built once per data source version, then reused."""
+
+    def __init__(self, ds: DataSource, secrets: Mapping[str, str], proxy: DataProxy) -> None:
+        try:
+            target = urlsplit(validate_url(ds.type, ds.url))
+        except GatewayError:
+            raise InvalidDataSourceURL(f"Invalid data source URL: {_go_quote(ds.url)}") from None
+        self.scheme = target.scheme.lower()
+        self.host = target.hostname or ""
+        self.netloc = target.netloc.rpartition("@")[2]  # host[:port] as written, for the whitelist
+        self.port = target.port or (443 if self.scheme == "https" else 80)
+        self.base_path = target.path
+        self.server_name = str(ds.options.get("serverName") or "") or None
+        timeout = ds.options.get("timeout")
+        self.header_timeout = _positive_float(timeout) or proxy.timeout
+        self.pool: UpstreamPool | None = None
+        if self.host:
+            self.pool = UpstreamPool(
+                self.host, self.port, ssl=_tls_context(ds, secrets) if self.scheme == "https" else None,
+                server_hostname=self.server_name, connect_timeout=proxy.dial_timeout,
+                max_conns=proxy.max_conns_per_host, max_idle=proxy.max_idle_connections,
+                idle_timeout=proxy.idle_conn_timeout_seconds,
+            )
+        self.authorization = _authorization(ds, secrets)
+        self.custom_headers = _custom_headers(ds, secrets)
+        self.legacy_authorization = (
+            basic(ds.user, secrets.get("password", "")) if not ds.basic_auth and ds.user else None
+        )
+
+    async def close(self) -> None:
+        """Close idle connections now and busy ones when their response is done."""
+        if self.pool is not None:
+            await self.pool.close()
+
+
+def _authorization(ds: DataSource, secrets: Mapping[str, str]) -> str | None:
+    if ds.basic_auth:
+        return basic(ds.basic_auth_user, secrets.get("basicAuthPassword", ""))
+    if ds.type == "influxdb" and ds.user:
+        return basic(ds.user, secrets.get("password", ""))
+    return None
+
+
+def _custom_headers(ds: DataSource, secrets: Mapping[str, str]) -> list[tuple[str, str]]:
+    """jsonData.httpHeaderNameN + secureJsonData.httpHeaderValueN, N = 1, 2, ... up to the first gap."""
+    headers = []
+    n = 1
+    while name := str(ds.options.get(f"httpHeaderName{n}") or "").strip():
+        value = secrets.get(f"httpHeaderValue{n}")
+        if value is not None and "\n" not in name and "\r" not in value and "\n" not in value:
+            headers.append((name, value))
+        n += 1
+    return headers
+
+
+def _positive_float(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _go_quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

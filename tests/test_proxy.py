@@ -1,0 +1,397 @@
+"""The data source proxy against real upstream servers on loopback that record what they receive."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+from typing import Any
+
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from gateway.app import create_app
+from gateway.proxy import clean_relative_path, climbs_above_base, join_url_fragments
+from tests.conftest import ADMIN, make_config
+
+SECRET = "upstream-pass-9f3"
+
+
+class Recorder:
+    """An upstream that records every request and answers per path."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.started: asyncio.Event = asyncio.Event()
+        self.cancelled: asyncio.Event = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read() if request.path != "/upload" else b""
+        record = {"method": request.method, "raw_path": request.raw_path, "headers": request.headers.copy(),
+                  "body": body, "peer": request.remote}
+        self.requests.append(record)
+        path = request.path
+        if path == "/status/401":
+            return web.Response(status=401, text="nope", headers={"WWW-Authenticate": "Basic"})
+        if path == "/cookies":
+            response = web.json_response({"ok": True})
+            response.set_cookie("upstream", "x")
+            response.headers["Content-Security-Policy"] = "default-src *"
+            response.headers["ETag"] = '"v1"'
+            return response
+        if path == "/slow-headers":
+            self.started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+            return web.Response(text="late")
+        if path == "/upload":
+            total = 0
+            async for chunk in request.content.iter_any():
+                total += len(chunk)
+            record["uploaded"] = total
+            return web.json_response({"received": total})
+        if path == "/stream":
+            response = web.StreamResponse()
+            response.content_type = "application/octet-stream"
+            await response.prepare(request)
+            size = int(request.query.get("mib", "1"))
+            chunk = os.urandom(1 << 16)
+            for _ in range(size * 16):
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+        if path == "/stall":
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(b"partial")
+            await asyncio.sleep(30)
+            return response
+        if path == "/gzip":
+            return web.Response(body=b"\x1f\x8bcompressed", headers={"Content-Encoding": "gzip"})
+        return web.json_response({"path": request.path}, headers={"X-Upstream": "1"})
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> tuple[Recorder, str]:
+    recorder = Recorder()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", recorder.handle)
+    server = await aiohttp_server(app)
+    return recorder, f"http://127.0.0.1:{server.port}"
+
+
+async def add(client: Any, url: str, **body: Any) -> dict[str, Any]:
+    payload = {"name": body.pop("name", "up"), "type": body.pop("type", "generic-http"), "access": "proxy",
+               "url": url, "uid": body.pop("uid", "up"), **body}
+    response = await client.post("/api/datasources", json=payload, headers=ADMIN)
+    assert response.status == 200, await response.text()
+    return (await response.json())["datasource"]
+
+
+# -- pure functions ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("base", "suffix", "joined"),
+    [("/root/", "path/to/folder/", "/root/path/to/folder/"), ("", "/double", "/double"),
+     ("/base/", "/double", "/base/double"), ("", "//double", "//double"), ("/prefix", "", "/prefix"),
+     ("", "api/v1/query", "/api/v1/query")],
+)
+def test_join_url_fragments(base, suffix, joined):
+    assert join_url_fragments(base, suffix) == joined
+
+
+def test_route_matching_uses_normalised_decoded_paths():
+    assert clean_relative_path("/api/v1//status/flags") == "api/v1/status/flags"
+    assert clean_relative_path("api/v1/status/%66lags") == "api/v1/status/flags"
+    assert clean_relative_path("x/../api/v1/query") == "api/v1/query"
+    assert clean_relative_path("") == ""
+    assert climbs_above_base("../admin") and climbs_above_base("a/../../b") and climbs_above_base("%2e%2E/x")
+    assert not climbs_above_base("a/../b") and not climbs_above_base("a/./b/")
+
+
+# -- routing, paths, queries ---------------------------------------------------------------------
+
+async def test_proxies_by_uid_and_id_keeping_encoding_and_query_byte_for_byte(client, upstream):
+    recorder, url = upstream
+    ds = await add(client, url + "/root/?dropped=1")
+    raw = URL("/api/datasources/proxy/uid/up/path/%2Ftest%2Ftest%2F?query=%2Ftest&b=%20", encoded=True)
+    response = await client.get(raw, headers=ADMIN)
+    assert response.status == 200
+    assert recorder.requests[-1]["raw_path"] == "/root/path/%2Ftest%2Ftest%2F?query=%2Ftest&b=%20"
+    response = await client.get(f"/api/datasources/proxy/{ds['id']}/api/v1/labels", headers=ADMIN)
+    assert response.status == 200
+    assert recorder.requests[-1]["raw_path"] == "/root/api/v1/labels"
+    await client.get("/api/datasources/proxy/uid/up", headers=ADMIN)
+    assert recorder.requests[-1]["raw_path"] == "/root/"
+    await client.get("/api/datasources/proxy/uid/up/trailing/", headers=ADMIN)
+    assert recorder.requests[-1]["raw_path"] == "/root/trailing/"
+
+
+async def test_dot_segments_climbing_above_the_base_path_are_refused(client, upstream):
+    recorder, url = upstream
+    await add(client, url + "/base")
+    for path in ["../admin", "a/../../admin", "%2e%2e/admin", ".%2E/admin"]:
+        response = await client.get(URL(f"/api/datasources/proxy/uid/up/{path}", encoded=True), headers=ADMIN)
+        assert response.status in (400, 404), path  # 404 when the router itself resolved the dots
+        assert "message" in await response.json()
+    assert recorder.requests == []
+    response = await client.get(URL("/api/datasources/proxy/uid/up/a/../b", encoded=True), headers=ADMIN)
+    assert response.status == 200
+
+
+async def test_lookup_errors(client, upstream, make_token):
+    _, url = upstream
+    await add(client, url)
+    response = await client.get("/api/datasources/proxy/uid/nope/x", headers=ADMIN)
+    assert response.status == 404
+    assert await response.json() == {"message": "Unable to find datasource", "traceID": ""}
+    response = await client.get("/api/datasources/proxy/abc/x", headers=ADMIN)
+    assert response.status == 400 and await response.json() == {"message": "id is invalid", "traceID": ""}
+    response = await client.get("/api/datasources/proxy/uid/b%20d/x", headers=ADMIN)
+    assert response.status == 400 and await response.json() == {"message": "UID is invalid"}
+    assert (await client.get("/api/datasources/proxy/uid/up/x")).status == 401
+    nobody = await make_token("None")
+    response = await client.get("/api/datasources/proxy/uid/up/x", headers=nobody)
+    assert response.status == 403
+    assert (await response.json())["message"].endswith("Permissions needed: datasources:query")
+    other = await make_token("None", (("datasources:query", "datasources:uid:other"),))
+    response = await client.get("/api/datasources/proxy/uid/up/x", headers=other)
+    assert response.status == 403
+    assert await response.json() == {"message": "Access denied to datasource", "traceID": ""}
+
+
+# -- headers -------------------------------------------------------------------------------------
+
+async def test_request_headers_follow_grafanas_rules(client, upstream):
+    recorder, url = upstream
+    await add(client, url, basicAuth=True, basicAuthUser="bob",
+              jsonData={"httpHeaderName1": "X-Api-Key", "httpHeaderName2": "X-Tenant", "keepCookies": ["keep", "pre[]"]},
+              secureJsonData={"basicAuthPassword": SECRET, "httpHeaderValue1": "key-1", "httpHeaderValue2": "t-2"})
+    headers = {
+        **ADMIN, "Cookie": "keep=1; grafana_session=s; drop=2; prefix_a=3", "Origin": "http://evil",
+        "Referer": "http://grafana/d/x", "X-Forwarded-For": "10.0.0.1", "X-Forwarded-Host": "h",
+        "Connection": "keep-alive, X-Hop", "X-Hop": "1", "X-Custom": "kept", "Accept-Encoding": "br",
+        "X-Api-Key": "client-value", "User-Agent": "curl/8", "X-Grafana-User": "spoof", "Proxy-Authorization": "p",
+    }
+    await client.get("/api/datasources/proxy/uid/up/x", headers=headers)
+    sent = recorder.requests[-1]["headers"]
+    assert sent["Authorization"] == "Basic " + base64.b64encode(f"bob:{SECRET}".encode()).decode()
+    assert sent.getall("X-Api-Key") == ["key-1"] and sent["X-Tenant"] == "t-2"
+    assert sent["Cookie"] == "keep=1; prefix_a=3"
+    assert "Origin" not in sent and "Referer" not in sent and "X-Forwarded-Host" not in sent
+    assert sent["X-Grafana-Referer"] == "http://grafana/d/x"
+    assert sent["X-Forwarded-For"] == "10.0.0.1, 127.0.0.1"
+    assert "X-Hop" not in sent and "Proxy-Authorization" not in sent and "X-Grafana-User" not in sent
+    assert sent["X-Custom"] == "kept" and sent["Accept-Encoding"] == "br"
+    assert sent["User-Agent"] == "Grafana/12.4.0"
+    assert sent["Host"] == url.removeprefix("http://")
+
+
+async def test_callers_credentials_never_reach_the_upstream_and_x_ds_authorization_does(client, upstream):
+    recorder, url = upstream
+    await add(client, url)
+    await client.get("/api/datasources/proxy/uid/up/x", headers={**ADMIN, "Cookie": "grafana_session=abc"})
+    sent = recorder.requests[-1]["headers"]
+    assert "Authorization" not in sent and "Cookie" not in sent
+    await client.get("/api/datasources/proxy/uid/up/x", headers={**ADMIN, "X-DS-Authorization": "Bearer ds"})
+    sent = recorder.requests[-1]["headers"]
+    assert sent["Authorization"] == "Bearer ds" and "X-DS-Authorization" not in sent
+
+
+async def test_legacy_user_and_password_become_basic_auth(client, upstream):
+    recorder, url = upstream
+    await add(client, url, user="legacy", secureJsonData={"password": SECRET})
+    await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)
+    assert recorder.requests[-1]["headers"]["Authorization"] == "Basic " + base64.b64encode(
+        f"legacy:{SECRET}".encode()).decode()
+
+
+async def test_user_header_when_configured(aiohttp_client, database_url, upstream):
+    recorder, url = upstream
+    client = await aiohttp_client(create_app(make_config(database_url, dataproxy={"send_user_header": True})))
+    await add(client, url)
+    await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)
+    assert recorder.requests[-1]["headers"]["X-Grafana-User"] == "admin"
+
+
+async def test_response_headers_drop_set_cookie_and_add_sandbox_csp(client, upstream):
+    _, url = upstream
+    await add(client, url)
+    response = await client.get("/api/datasources/proxy/uid/up/cookies", headers=ADMIN)
+    assert response.status == 200
+    assert "Set-Cookie" not in response.headers
+    assert response.headers["Content-Security-Policy"] == "sandbox"
+    assert response.headers["ETag"] == '"v1"'
+    assert await response.json() == {"ok": True}
+
+
+async def test_compressed_bodies_pass_through_untouched(client, upstream):
+    _, url = upstream
+    await add(client, url)
+    response = await client.get("/api/datasources/proxy/uid/up/gzip", headers={**ADMIN, "Accept-Encoding": "gzip"},
+                                auto_decompress=False)
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert await response.read() == b"\x1f\x8bcompressed"
+
+
+async def test_upstream_401_becomes_400_unless_configured(client, aiohttp_client, database_url, upstream):
+    _, url = upstream
+    await add(client, url)
+    response = await client.get("/api/datasources/proxy/uid/up/status/401", headers=ADMIN)
+    assert response.status == 400
+    assert await response.text() == "Authentication to data source failed"
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert "WWW-Authenticate" not in response.headers
+    passing = await aiohttp_client(create_app(make_config(database_url, gateway={"proxy_pass_through_401": True})))
+    response = await passing.get("/api/datasources/proxy/uid/up/status/401", headers=ADMIN)
+    assert response.status == 401 and await response.text() == "nope"
+
+
+# -- per-type rules ------------------------------------------------------------------------------
+
+async def test_prometheus_write_protection_and_allow_listed_posts(client, upstream, make_token):
+    recorder, url = upstream
+    await add(client, url, type="prometheus")
+    response = await client.post("/api/datasources/proxy/uid/up/api/v1/query", data={"query": "1+1"}, headers=ADMIN)
+    assert response.status == 200
+    assert recorder.requests[-1]["body"] == b"query=1%2B1"
+    for path in ["api/v1/admin/tsdb/delete_series", "api//v1/admin/x"]:
+        response = await client.post(f"/api/datasources/proxy/uid/up/{path}", headers=ADMIN)
+        assert response.status == 403
+        assert await response.json() == {"message": "non allow-listed POSTs not allowed on proxied prometheus datasource"}
+    assert (await client.put("/api/datasources/proxy/uid/up/api/v1/query", headers=ADMIN)).status == 403
+    viewer = await make_token("Viewer")
+    for path in ["api/v1/status/flags", "api//v1/status/flags", "api/v1/status/%66lags", "x/../api/v1/status/flags"]:
+        response = await client.get(URL(f"/api/datasources/proxy/uid/up/{path}", encoded=True), headers=viewer)
+        assert response.status == 403, path  # Admin-only route, however the path is spelled (CVE-2025-3454)
+        assert await response.json() == {"message": "plugin proxy route access denied"}
+    assert (await client.get("/api/datasources/proxy/uid/up/api/v1/status/flags", headers=ADMIN)).status == 200
+
+
+async def test_loki_refuses_writes_and_elasticsearch_allows_only_msearch(client, upstream):
+    _, url = upstream
+    await add(client, url, type="loki", name="loki", uid="loki")
+    response = await client.post("/api/datasources/proxy/uid/loki/loki/api/v1/push", headers=ADMIN)
+    assert await response.json() == {"message": "non allow-listed POSTs not allowed on proxied loki datasource"}
+    await add(client, url, type="elasticsearch", name="es", uid="es")
+    assert (await client.post("/api/datasources/proxy/uid/es/_msearch", data=b"{}", headers=ADMIN)).status == 200
+    response = await client.post("/api/datasources/proxy/uid/es/_bulk", headers=ADMIN)
+    assert await response.json() == {"message": "posts not allowed on proxied Elasticsearch datasource except on /_msearch"}
+    response = await client.delete("/api/datasources/proxy/uid/es/idx", headers=ADMIN)
+    assert await response.json() == {"message": "deletes not allowed on proxied Elasticsearch datasource"}
+
+
+async def test_whitelist(aiohttp_client, database_url, upstream):
+    recorder, url = upstream
+    client = await aiohttp_client(create_app(make_config(
+        database_url, security={"data_source_proxy_whitelist": ("allowed:9090",)})))
+    await add(client, url)
+    response = await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)
+    assert response.status == 403
+    assert await response.json() == {"message": "Data proxy hostname and ip are not included in whitelist"}
+    assert recorder.requests == []
+    allowed = await aiohttp_client(create_app(make_config(
+        database_url, security={"data_source_proxy_whitelist": (url.removeprefix("http://"),)})))
+    assert (await allowed.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)).status == 200
+
+
+# -- failures and streaming ----------------------------------------------------------------------
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_unreachable_upstream_is_502_and_slow_headers_504(aiohttp_client, database_url, upstream):
+    _, url = upstream
+    client = await aiohttp_client(create_app(make_config(database_url, dataproxy={"timeout": 0.3})))
+    await add(client, f"http://127.0.0.1:{_closed_port()}", uid="down", name="down")
+    response = await client.get("/api/datasources/proxy/uid/down/x", headers=ADMIN)
+    assert response.status == 502 and "message" in await response.json()
+    await add(client, url)
+    response = await client.get("/api/datasources/proxy/uid/up/slow-headers", headers=ADMIN)
+    assert response.status == 504 and "message" in await response.json()
+
+
+async def test_per_data_source_timeout_from_json_data(client, upstream):
+    _, url = upstream
+    await add(client, url, jsonData={"timeout": "0.2"})
+    response = await client.get("/api/datasources/proxy/uid/up/slow-headers", headers=ADMIN)
+    assert response.status == 504
+
+
+async def test_client_disconnect_cancels_the_upstream_call_at_once(client, upstream):
+    recorder, url = upstream
+    await add(client, url)
+    request = asyncio.ensure_future(client.get("/api/datasources/proxy/uid/up/slow-headers", headers=ADMIN))
+    await asyncio.wait_for(recorder.started.wait(), 5)
+    request.cancel()
+    await asyncio.wait_for(recorder.cancelled.wait(), 5)
+
+
+async def test_upload_is_streamed_up(client, upstream):
+    recorder, url = upstream
+    await add(client, url)
+
+    async def body():
+        for _ in range(64):
+            yield b"x" * (1 << 16)
+
+    response = await client.post("/api/datasources/proxy/uid/up/upload", data=body(), headers=ADMIN)
+    assert await response.json() == {"received": 64 << 16}
+
+
+async def test_large_chunked_response_streams_through(client, upstream):
+    _, url = upstream
+    await add(client, url)
+    response = await client.get("/api/datasources/proxy/uid/up/stream?mib=32", headers=ADMIN)
+    total = 0
+    async for chunk in response.content.iter_any():
+        total += len(chunk)
+    assert response.status == 200 and total == 32 << 20
+
+
+async def test_response_limit_ends_the_stream_with_an_error_not_a_short_200(aiohttp_client, database_url, upstream):
+    _, url = upstream
+    client = await aiohttp_client(create_app(make_config(database_url, dataproxy={"response_limit": 1 << 20})))
+    await add(client, url)
+    response = await client.get("/api/datasources/proxy/uid/up/stream?mib=4", headers=ADMIN)
+    with pytest.raises(Exception):  # noqa: B017 - any client-side error: the body is cut, not completed
+        await response.read()
+
+
+async def test_stalled_upstream_body_is_cut_by_the_idle_read_timeout(aiohttp_client, database_url, upstream):
+    _, url = upstream
+    client = await aiohttp_client(create_app(make_config(database_url, gateway={"proxy_idle_read_timeout": 0.3})))
+    await add(client, url)
+    response = await client.get("/api/datasources/proxy/uid/up/stall", headers=ADMIN)
+    assert response.status == 200
+    with pytest.raises(Exception):  # noqa: B017
+        await asyncio.wait_for(response.read(), 5)
+
+
+async def test_changed_password_is_used_by_another_replica_within_a_second(aiohttp_client, config, upstream):
+    recorder, url = upstream
+    first = await aiohttp_client(create_app(config))
+    second = await aiohttp_client(create_app(config))
+    await add(first, url, basicAuth=True, basicAuthUser="u", secureJsonData={"basicAuthPassword": "old"})
+    await second.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)  # cached in the second replica
+    assert recorder.requests[-1]["headers"]["Authorization"] == "Basic " + base64.b64encode(b"u:old").decode()
+    response = await first.put("/api/datasources/uid/up", headers=ADMIN, json={
+        "name": "up", "type": "generic-http", "access": "proxy", "url": url, "basicAuth": True,
+        "basicAuthUser": "u", "secureJsonData": {"basicAuthPassword": "new"}})
+    assert response.status == 200
+    expected = "Basic " + base64.b64encode(b"u:new").decode()
+    deadline = asyncio.get_running_loop().time() + 1.0
+    while True:
+        await second.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)
+        if recorder.requests[-1]["headers"]["Authorization"] == expected:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "the second replica kept the old password"
+        await asyncio.sleep(0.05)

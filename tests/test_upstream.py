@@ -1,0 +1,1117 @@
+"""Tests for gateway.upstream against real loopback servers (aiohttp for well-behaved ones, raw asyncio otherwise)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gc
+import hashlib
+import ipaddress
+import json
+import logging
+import socket
+import ssl
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.upstream import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+# -- fixtures & helpers ------------------------------------------------------------------------------
+
+
+class RawServer:
+    """A raw asyncio TCP server that records connections and lets each test script the bytes."""
+
+    def __init__(self, handler: RawHandler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.closed = 0
+        self.closed_event = asyncio.Event()
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # Cancelled only by stop(); returning normally keeps asyncio from logging it.
+        finally:
+            writer.close()
+            self.closed += 1
+            self.closed_event.set()
+            self.tasks.discard(task)
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def wait_closed(self, count: int, timeout: float = 2.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.closed < count:
+                self.closed_event.clear()
+                await self.closed_event.wait()
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[RawHandler], Awaitable[RawServer]]]:
+    servers: list[RawServer] = []
+
+    async def make(handler: RawHandler) -> RawServer:
+        srv = RawServer(handler)
+        await srv.start()
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        await srv.stop()
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[str, dict[str, str]]:
+    """Read one request head; returns the request line and lower-cased headers."""
+    raw = await reader.readuntil(b"\r\n\r\n")
+    lines = raw.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return lines[0], headers
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    line, headers = await read_head(reader)
+    body = b""
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    return line, headers, body
+
+
+async def drain_until_eof(reader: asyncio.StreamReader) -> None:
+    while await reader.read(1 << 16):
+        pass
+
+
+def peer(request: web.Request) -> Any:
+    assert request.transport is not None
+    return request.transport.get_extra_info("peername")
+
+
+async def start_app(aiohttp_server: Any, routes: list[web.RouteDef], **kwargs: Any) -> Any:
+    app = web.Application(client_max_size=1 << 30)
+    app.add_routes(routes)
+    return await aiohttp_server(app, **kwargs)
+
+
+async def body_of(resp: UpstreamResponse) -> bytes:
+    return await resp.read(1 << 30)
+
+
+async def settle(pred: Callable[[], bool], timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.005)
+
+
+@pytest.fixture(autouse=True)
+def no_asyncio_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail on asyncio's own error reports (never-retrieved exceptions, destroyed pending tasks)."""
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    yield
+    gc.collect()
+    errors = [r.getMessage() for r in caplog.get_records("call") if r.name == "asyncio"]
+    errors += [r.getMessage() for r in caplog.get_records("teardown") if r.name == "asyncio"]
+    assert not errors
+
+
+# -- keep-alive and response framing -----------------------------------------------------------------
+
+
+async def test_keepalive_reuses_one_connection(aiohttp_server: Any) -> None:
+    peers: list[Any] = []
+    seen: list[dict[str, str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        peers.append(peer(request))
+        seen.append(dict(request.headers))
+        return web.Response(text=f"hello {request.raw_path}")
+
+    server = await start_app(aiohttp_server, [web.get("/hello", handler)])
+    pool = UpstreamPool("127.0.0.1", server.port)
+    for i in range(10):
+        resp = await pool.request("GET", f"/hello?i={i}&q=a%20b", [("X-Test", "1")])
+        assert resp.status == 200
+        assert resp.reason == "OK"
+        expected = f"hello /hello?i={i}&q=a%20b".encode()
+        assert resp.content_length == len(expected)
+        assert await body_of(resp) == expected
+        resp.release()
+    assert len(set(peers)) == 1
+    assert pool.open_connections == 1
+    assert pool.idle_connections == 1
+    hdrs = seen[0]
+    assert hdrs["Host"] == f"127.0.0.1:{server.port}"
+    assert hdrs["X-Test"] == "1"
+    assert "User-Agent" not in hdrs
+    assert "Accept-Encoding" not in hdrs
+    assert "Content-Length" not in hdrs
+    await pool.close()
+    assert pool.open_connections == 0
+
+
+async def test_target_and_host_sent_verbatim(raw_server: Any) -> None:
+    got: list[tuple[str, dict[str, str]]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got.append(await read_head(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    target = "/api/v1/query?query=up%7Bjob%3D%22x%22%7D&a=%2F..%2F&b=%zz"
+    resp = await pool.request("GET", target, [("Host", "grafana.example"), ("Content-Length", "99")])
+    assert await body_of(resp) == b""
+    assert got[0][0] == f"GET {target} HTTP/1.1"
+    assert got[0][1]["host"] == "grafana.example"
+    assert "content-length" not in got[0][1]
+    with pytest.raises(ValueError):
+        await pool.request("GET", "/", [("X-Evil", "a\r\nX-Injected: 1")])
+    with pytest.raises(ValueError):
+        await pool.request("GET", "/a b", [])
+    await pool.close()
+
+
+async def test_default_port_omitted_from_host(raw_server: Any) -> None:
+    pool = UpstreamPool("::1", 80)
+    head, _ = pool._build_head("GET", "/", [], "")
+    assert b"\r\nHost: [::1]\r\n" in head
+    pool = UpstreamPool("example.com", 8080)
+    head, _ = pool._build_head("GET", "/", [], "")
+    assert b"\r\nHost: example.com:8080\r\n" in head
+
+
+async def test_chunked_response_and_reuse(aiohttp_server: Any) -> None:
+    peers: list[Any] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        peers.append(peer(request))
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(20):
+            await resp.write(b"%d," % i)
+        await resp.write_eof()
+        return resp
+
+    server = await start_app(aiohttp_server, [web.get("/c", handler)])
+    pool = UpstreamPool("127.0.0.1", server.port)
+    expected = "".join(f"{i}," for i in range(20)).encode()
+    for _ in range(3):
+        resp = await pool.request("GET", "/c", [])
+        assert resp.content_length is None
+        assert any(k.lower() == "transfer-encoding" for k, _ in resp.headers)
+        assert await body_of(resp) == expected
+    assert len(set(peers)) == 1
+    await pool.close()
+
+
+async def test_read_until_close_bodies(raw_server: Any) -> None:
+    responses = [
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil-close-1",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil-close-2",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil-close-3",
+    ]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(responses[srv.connections - 1])
+        await writer.drain()
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    for i in range(3):
+        resp = await pool.request("GET", "/", [])
+        assert resp.content_length is None
+        assert await body_of(resp) == b"until-close-%d" % (i + 1)
+        assert pool.idle_connections == 0
+    assert srv.connections == 3
+    await settle(lambda: pool.open_connections == 0)
+    await pool.close()
+
+
+async def test_http10_and_connection_close_not_reused(raw_server: Any) -> None:
+    responses = [
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+    ]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_head(reader)
+            writer.write(responses[srv.connections - 1])
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    for _ in range(4):
+        resp = await pool.request("GET", "/", [])
+        assert await body_of(resp) == b"ok"
+    # Two non-reusable responses, then an HTTP/1.0 keep-alive connection serves the last two requests.
+    assert srv.connections == 3
+    assert pool.idle_connections == 1
+    await pool.close()
+
+
+async def test_large_body_arrives_intact_in_big_pieces(aiohttp_server: Any) -> None:
+    total = 64 << 20
+    block = bytes(range(256)) * 4096
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = total
+        await resp.prepare(request)
+        for i in range(total // len(block)):
+            await resp.write(i.to_bytes(4, "big") + block[4:])
+        return resp
+
+    server = await start_app(aiohttp_server, [web.get("/big", handler)])
+    pool = UpstreamPool("127.0.0.1", server.port)
+    expected = 0
+    for i in range(total // len(block)):
+        expected = zlib.crc32(i.to_bytes(4, "big") + block[4:], expected)
+    resp = await pool.request("GET", "/big", [])
+    assert resp.content_length == total
+    crc = 0
+    sizes: list[int] = []
+    async for chunk in resp.chunks():
+        crc = zlib.crc32(chunk, crc)
+        sizes.append(len(chunk))
+    assert sum(sizes) == total
+    assert crc == expected
+    assert sum(sizes) / len(sizes) >= 256 * 1024, f"average piece {sum(sizes) / len(sizes):.0f} bytes"
+    assert pool.idle_connections == 1
+    await pool.close()
+
+
+async def test_read_buffer_pauses_reading(aiohttp_server: Any) -> None:
+    total = 16 << 20
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = total
+        await resp.prepare(request)
+        piece = b"x" * (256 * 1024)
+        for _ in range(total // len(piece)):
+            await resp.write(piece)
+        return resp
+
+    server = await start_app(aiohttp_server, [web.get("/big", handler)])
+    limit = 64 * 1024
+    pool = UpstreamPool("127.0.0.1", server.port, read_buffer=limit)
+    resp = await pool.request("GET", "/big", [])
+    await asyncio.sleep(0.2)
+    # At most one receive buffer (== read_buffer here) beyond the limit before reading pauses.
+    assert resp._buffered <= 2 * limit
+    got = 0
+    async for chunk in resp.chunks():
+        assert len(chunk) <= 2 * limit
+        got += len(chunk)
+    assert got == total
+    await pool.close()
+
+
+async def test_head_204_304_and_interim_responses(aiohttp_server: Any) -> None:
+    peers: list[Any] = []
+
+    async def data(request: web.Request) -> web.Response:
+        peers.append(peer(request))
+        return web.Response(body=b"d" * 1000)
+
+    async def empty(request: web.Request) -> web.Response:
+        peers.append(peer(request))
+        return web.Response(status=int(request.query["s"]))
+
+    server = await start_app(aiohttp_server, [web.get("/data", data), web.get("/empty", empty)])
+    pool = UpstreamPool("127.0.0.1", server.port)
+    resp = await pool.request("HEAD", "/data", [])
+    assert resp.status == 200
+    assert resp.content_length == 1000
+    assert await body_of(resp) == b""
+    for status in (204, 304):
+        resp = await pool.request("GET", f"/empty?s={status}", [])
+        assert resp.status == status
+        assert await body_of(resp) == b""
+    resp = await pool.request("GET", "/data", [])
+    assert await body_of(resp) == b"d" * 1000
+    resp = await pool.request("HEAD", "/data", [])
+    async with resp:
+        assert [c async for c in resp.chunks()] == []
+    assert len(set(peers)) == 1
+    assert pool.open_connections == 1
+    await pool.close()
+
+
+async def test_interim_1xx_is_skipped(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok"
+        )
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    resp = await pool.request("POST", "/", [("Expect", "100-continue")], b"data")
+    assert resp.status == 201
+    assert resp.reason == "Created"
+    assert resp.headers == [("Content-Length", "2"), ("X-A", "b")]
+    assert await body_of(resp) == b"ok"
+    await pool.close()
+
+
+async def test_unsolicited_extra_response_prevents_reuse(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    for _ in range(2):
+        resp = await pool.request("GET", "/", [])
+        assert await body_of(resp) == b"ok"
+    assert srv.connections == 2
+    await pool.close()
+
+
+# -- request bodies ----------------------------------------------------------------------------------
+
+
+async def echo_digest(request: web.Request) -> web.Response:
+    data = await request.read()
+    return web.json_response(
+        {
+            "len": len(data),
+            "sha": hashlib.sha256(data).hexdigest(),
+            "cl": request.headers.get("Content-Length"),
+            "te": request.headers.get("Transfer-Encoding"),
+        }
+    )
+
+
+async def agen(pieces: list[bytes], delay: float = 0.0) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        if delay:
+            await asyncio.sleep(delay)
+        yield piece
+
+
+async def test_request_bodies(aiohttp_server: Any) -> None:
+    server = await start_app(aiohttp_server, [web.route("*", "/echo", echo_digest)])
+    pool = UpstreamPool("127.0.0.1", server.port)
+    payload = bytes(range(256)) * 4096 * 3  # 3 MiB
+    pieces = [payload[i : i + 100_000] for i in range(0, len(payload), 100_000)]
+    sha = hashlib.sha256(payload).hexdigest()
+
+    resp = await pool.request("POST", "/echo", [], payload)
+    assert json.loads(await body_of(resp)) == {"len": len(payload), "sha": sha, "cl": str(len(payload)), "te": None}
+
+    resp = await pool.request("PUT", "/echo", [], agen(pieces), content_length=len(payload))
+    assert json.loads(await body_of(resp)) == {"len": len(payload), "sha": sha, "cl": str(len(payload)), "te": None}
+
+    resp = await pool.request("POST", "/echo", [], agen([b"", *pieces, b""], delay=0.001))
+    assert json.loads(await body_of(resp)) == {"len": len(payload), "sha": sha, "cl": None, "te": "chunked"}
+
+    resp = await pool.request("POST", "/echo", [], b"small")
+    assert json.loads(await body_of(resp))["len"] == 5
+
+    resp = await pool.request("POST", "/echo", [])
+    assert json.loads(await body_of(resp))["cl"] == "0"
+    resp = await pool.request("GET", "/echo", [], b"")
+    assert json.loads(await body_of(resp))["cl"] is None
+
+    assert pool.open_connections == 1
+    await pool.close()
+
+
+async def test_request_body_length_mismatch(aiohttp_server: Any) -> None:
+    server = await start_app(aiohttp_server, [web.post("/echo", echo_digest)])
+    pool = UpstreamPool("127.0.0.1", server.port)
+    with pytest.raises(UpstreamProtocolError, match="longer"):
+        await pool.request("POST", "/echo", [], agen([b"abc", b"def"]), content_length=4)
+    with pytest.raises(UpstreamProtocolError, match="shorter"):
+        await pool.request("POST", "/echo", [], agen([b"abc"]), content_length=4)
+    await settle(lambda: pool.open_connections == 0)
+
+    class Broken(Exception):
+        pass
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"abc"
+        raise Broken
+
+    with pytest.raises(Broken):
+        await pool.request("POST", "/echo", [], broken())
+    await settle(lambda: pool.open_connections == 0)
+    resp = await pool.request("POST", "/echo", [], b"ok")
+    assert json.loads(await body_of(resp))["len"] == 2
+    await pool.close()
+
+
+async def test_streamed_upload_has_backpressure(raw_server: Any) -> None:
+    total = 64 << 20
+    piece = b"u" * (256 * 1024)
+    produced = 0
+    resume = asyncio.Event()
+    received = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        await read_head(reader)
+        received += len(await reader.readexactly(1 << 20))
+        await resume.wait()
+        while received < total:
+            data = await reader.read(1 << 20)
+            if not data:
+                break
+            received += len(data)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+        await drain_until_eof(reader)
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal produced
+        for _ in range(total // len(piece)):
+            produced += len(piece)
+            yield piece
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    task = asyncio.create_task(pool.request("POST", "/", [], body(), content_length=total))
+    await asyncio.sleep(0.3)
+    # Only kernel socket buffers plus the transport's high-water mark can be in flight.
+    assert produced < total // 2, produced
+    resume.set()
+    resp = await task
+    assert await body_of(resp) == b"done"
+    assert received == total
+    assert pool.idle_connections == 1
+    await pool.close()
+
+
+async def test_early_response_before_upload_finished(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+        await asyncio.sleep(0.2)
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    sent = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal sent
+        piece = b"z" * (256 * 1024)
+        while True:
+            sent += len(piece)
+            yield piece
+
+    resp = await pool.request("POST", "/upload", [], endless(), header_timeout=5)
+    assert resp.status == 413
+    assert await body_of(resp) == b"too big!"
+    # The upload never finished, so the keep-alive response must not lead to reuse.
+    assert pool.idle_connections == 0
+    await srv.wait_closed(1)
+    assert pool.open_connections == 0
+    assert sent > 0
+
+    # Same with a bytes body: whatever is still queued when the answer arrives forbids reuse.
+    resp = await pool.request("POST", "/upload", [], b"b" * (32 << 20))
+    assert resp.status == 413
+    assert await body_of(resp) == b"too big!"
+    await srv.wait_closed(2)
+    assert srv.connections == 2
+    assert pool.open_connections == 0
+    await pool.close()
+
+
+# -- failures ------------------------------------------------------------------------------------------
+
+
+async def test_upstream_closes_mid_body(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"a" * 500)
+        await writer.drain()
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    resp = await pool.request("GET", "/", [])
+    got = b""
+    with pytest.raises(UpstreamProtocolError):
+        async for chunk in resp.chunks():
+            got += chunk
+    assert got == b"a" * 500
+    resp.release()
+    assert pool.open_connections == 0
+
+    async def chunked_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+
+    srv = await raw_server(chunked_handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    resp = await pool.request("GET", "/", [])
+    with pytest.raises(UpstreamProtocolError):
+        await body_of(resp)
+    await pool.close()
+
+
+async def test_consumer_abort_closes_connection(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10485760\r\n\r\n" + b"a" * 65536)
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    resp = await pool.request("GET", "/", [])
+    async for _chunk in resp.chunks():
+        break
+    resp.abort()
+    resp.abort()
+    await srv.wait_closed(1)
+    assert pool.open_connections == 0
+    with pytest.raises(UpstreamError):
+        await resp.__anext__()
+
+    # Leaving an `async with` block early with an exception aborts too.
+    with pytest.raises(RuntimeError):
+        async with await pool.request("GET", "/", []) as resp:
+            raise RuntimeError
+    await srv.wait_closed(2)
+
+    # Releasing before the end closes rather than reuses.
+    resp = await pool.request("GET", "/", [])
+    resp.release()
+    await srv.wait_closed(3)
+    assert srv.connections == 3
+    assert pool.open_connections == 0
+
+    resp = await pool.request("GET", "/", [])
+    with pytest.raises(UpstreamProtocolError, match="exceeds"):
+        await resp.read(1000)
+    await srv.wait_closed(4)
+    await pool.close()
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"",
+    ],
+)
+async def test_malformed_responses(raw_server: Any, response: bytes) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(response)
+        await writer.drain()
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    with pytest.raises(UpstreamProtocolError):
+        await pool.request("GET", "/", [])
+    await settle(lambda: pool.open_connections == 0)
+    await pool.close()
+
+
+async def test_malformed_chunk_mid_body(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"zz\r\n")
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    resp = await pool.request("GET", "/", [])
+    assert await resp.__anext__() == b"abc"
+    with pytest.raises(UpstreamProtocolError, match="malformed"):
+        await resp.__anext__()
+    await srv.wait_closed(1)
+    await pool.close()
+
+
+async def test_connect_refused() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    pool = UpstreamPool("127.0.0.1", port)
+    with pytest.raises(UpstreamConnectError):
+        await pool.request("GET", "/", [])
+    assert pool.open_connections == 0
+    assert pool._nconns == 0
+    pool = UpstreamPool("does-not-exist.invalid", 80, connect_timeout=5)
+    with pytest.raises(UpstreamConnectError):
+        await pool.request("GET", "/", [])
+
+
+async def test_connect_timeout() -> None:
+    # A listener with backlog 0 whose accept queue is already full drops further SYNs, so connect hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        fillers.append(s)
+    try:
+        await asyncio.sleep(0.05)
+        pool = UpstreamPool("127.0.0.1", port, connect_timeout=0.3)
+        t0 = time.monotonic()
+        with pytest.raises(UpstreamTimeout):
+            await pool.request("GET", "/", [])
+        assert 0.25 < time.monotonic() - t0 < 2
+        assert pool._nconns == 0
+        assert pool.open_connections == 0
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+async def test_header_timeout(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    t0 = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        await pool.request("GET", "/", [], header_timeout=0.2)
+    assert 0.15 < time.monotonic() - t0 < 2
+    await srv.wait_closed(1)
+    assert pool.open_connections == 0
+    # With a streamed body the head timer starts only once the body is written.
+    t0 = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        await pool.request("POST", "/", [], agen([b"a"] * 3, delay=0.1), header_timeout=0.2)
+    assert time.monotonic() - t0 > 0.45
+    await pool.close()
+
+
+async def test_idle_read_timeout(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"p" * 10)
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(b"q" * 10)
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    resp = await pool.request("GET", "/", [], read_timeout=0.3)
+    chunks = []
+    t0 = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        async for chunk in resp.chunks():
+            chunks.append(chunk)
+    assert chunks == [b"p" * 10, b"q" * 10]
+    assert 0.3 < time.monotonic() - t0 < 2
+    await srv.wait_closed(1)
+    assert pool.open_connections == 0
+    await pool.close()
+
+
+# -- TLS -------------------------------------------------------------------------------------------------
+
+
+def make_tls(tmp_path: Any) -> tuple[ssl.SSLContext, bytes]:
+    """Create a throwaway CA and a server certificate for localhost, 127.0.0.1 and upstream.test."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "upstream.test")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.DNSName("upstream.test"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file = tmp_path / "server.pem"
+    key_file = tmp_path / "server.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert_file, key_file)
+    return server_ctx, ca_cert.public_bytes(serialization.Encoding.PEM)
+
+
+async def test_tls(aiohttp_server: Any, tmp_path: Any) -> None:
+    peers: list[Any] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        peers.append(peer(request))
+        return web.Response(body=b"secure " + request.host.encode() + b" " * 300_000)
+
+    server_ctx, ca_pem = make_tls(tmp_path)
+    server = await start_app(aiohttp_server, [web.get("/", handler)], ssl=server_ctx)
+
+    trusting = ssl.create_default_context(cadata=ca_pem.decode())
+    pool = UpstreamPool("127.0.0.1", server.port, ssl=trusting)
+    for _ in range(3):
+        resp = await pool.request("GET", "/", [])
+        body = await body_of(resp)
+        assert body.startswith(f"secure 127.0.0.1:{server.port} ".encode())
+        assert len(body) == len(f"secure 127.0.0.1:{server.port}") + 300_000
+    assert len(set(peers)) == 1
+    await pool.close()
+
+    pool = UpstreamPool("127.0.0.1", server.port, ssl=trusting, server_hostname="upstream.test")
+    resp = await pool.request("GET", "/", [("Host", "upstream.test")])
+    assert (await body_of(resp)).startswith(b"secure upstream.test ")
+    await pool.close()
+
+    pool = UpstreamPool("127.0.0.1", server.port, ssl=trusting, server_hostname="wrong.test")
+    with pytest.raises(UpstreamConnectError):
+        await pool.request("GET", "/", [])
+    await pool.close()
+
+    pool = UpstreamPool("127.0.0.1", server.port, ssl=ssl.create_default_context())
+    with pytest.raises(UpstreamConnectError):
+        await pool.request("GET", "/", [])
+    assert pool.open_connections == 0
+    await pool.close()
+
+    # The Host header omits the default port for https.
+    pool = UpstreamPool("upstream.test", 443, ssl=trusting)
+    head, _ = pool._build_head("GET", "/", [], "")
+    assert b"\r\nHost: upstream.test\r\n" in head
+
+
+# -- pool behaviour ----------------------------------------------------------------------------------------
+
+
+async def test_pool_limit(aiohttp_server: Any) -> None:
+    peers: set[Any] = set()
+    active = 0
+    max_active = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal active, max_active
+        peers.add(peer(request))
+        active += 1
+        max_active = max(max_active, active)
+        await asyncio.sleep(0.1)
+        active -= 1
+        return web.Response(text="slow")
+
+    server = await start_app(aiohttp_server, [web.get("/slow", handler)])
+    pool = UpstreamPool("127.0.0.1", server.port, max_conns=2)
+    opened: list[int] = []
+
+    async def one() -> bytes:
+        resp = await pool.request("GET", "/slow", [])
+        opened.append(pool.open_connections)
+        return await body_of(resp)
+
+    results = await asyncio.gather(*(one() for _ in range(5)))
+    assert results == [b"slow"] * 5
+    assert len(peers) <= 2
+    assert max_active <= 2
+    assert max(opened) <= 2
+    assert pool.open_connections <= 2
+
+    # Waiting for a free connection counts against connect_timeout.
+    pool2 = UpstreamPool("127.0.0.1", server.port, max_conns=1, connect_timeout=0.05)
+    held = await pool2.request("GET", "/slow", [])
+    with pytest.raises(UpstreamTimeout):
+        await pool2.request("GET", "/slow", [])
+    assert await body_of(held) == b"slow"
+    resp = await pool2.request("GET", "/slow", [])
+    assert await body_of(resp) == b"slow"
+    assert pool2.open_connections == 1
+
+    # A cancelled waiter does not leak its place; close() fails the remaining waiters.
+    held = await pool2.request("GET", "/slow", [])
+    waiter = asyncio.create_task(pool2.request("GET", "/slow", []))
+    await asyncio.sleep(0.01)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert await body_of(held) == b"slow"
+    pool3 = UpstreamPool("127.0.0.1", server.port, max_conns=1)
+    held = await pool3.request("GET", "/slow", [])
+    waiter = asyncio.create_task(pool3.request("GET", "/slow", []))
+    await asyncio.sleep(0.01)
+    await pool3.close()
+    with pytest.raises(UpstreamError):
+        await waiter
+    held.release()
+    await pool.close()
+    await pool2.close()
+
+
+async def test_stale_keepalive_connection_is_retried(raw_server: Any) -> None:
+    bodies: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn_no = srv.connections
+        served = 0
+        while True:
+            _, _, body = await read_request(reader)
+            if conn_no == 1 and served == 1:
+                return  # Simulates the upstream's idle timer racing with our second request.
+            bodies.append(body)
+            served += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\nconn%d" % (len(b"connN"), conn_no))
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    resp = await pool.request("GET", "/", [])
+    assert await body_of(resp) == b"conn1"
+    resp = await pool.request("POST", "/", [], b"replay me")
+    assert await body_of(resp) == b"conn2"
+    assert bodies == [b"", b"replay me"]
+    assert srv.connections == 2
+
+    # A streamed body cannot be replayed, so the failure surfaces.
+    async def handler2(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await read_head(reader)
+
+    srv2 = await raw_server(handler2)
+    pool2 = UpstreamPool("127.0.0.1", srv2.port)
+    resp = await pool2.request("GET", "/", [])
+    assert await body_of(resp) == b"ok"
+    with pytest.raises(UpstreamProtocolError):
+        await pool2.request("POST", "/", [], agen([b"x"]))
+    assert srv2.connections == 1
+    await pool.close()
+    await pool2.close()
+
+
+async def test_idle_connection_closed_by_server(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        # Close the keep-alive connection while the client holds it idle.
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    resp = await pool.request("GET", "/", [])
+    assert await body_of(resp) == b"ok"
+    await srv.wait_closed(1)
+    await settle(lambda: pool.open_connections == 0)
+    assert pool.idle_connections == 0
+    resp = await pool.request("GET", "/", [])
+    assert await body_of(resp) == b"ok"
+    await pool.close()
+
+
+async def test_idle_timeout_and_max_idle(aiohttp_server: Any) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.02)
+        return web.Response(text="x")
+
+    server = await start_app(aiohttp_server, [web.get("/", handler)])
+    pool = UpstreamPool("127.0.0.1", server.port, idle_timeout=0.15, max_idle=2)
+    resps = await asyncio.gather(*(pool.request("GET", "/", []) for _ in range(4)))
+    assert pool.open_connections == 4
+    for resp in resps:
+        assert await body_of(resp) == b"x"
+    assert pool.idle_connections == 2
+    await settle(lambda: pool.open_connections == 2)
+    await asyncio.sleep(0.3)
+    assert pool.idle_connections == 0
+    assert pool.open_connections == 0
+    await pool.close()
+
+
+async def test_cancellation_closes_connection(raw_server: Any) -> None:
+    got_request = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        got_request.set()
+        if srv.connections == 2:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    task = asyncio.create_task(pool.request("GET", "/", []))
+    await got_request.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await srv.wait_closed(1)
+    assert pool.open_connections == 0
+
+    resp = await pool.request("GET", "/", [])
+
+    async def consume() -> None:
+        async for _ in resp.chunks():
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await srv.wait_closed(2)
+    assert pool.open_connections == 0
+    assert pool._nconns == 0
+    await pool.close()
+
+
+async def test_cancellation_during_streamed_upload(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    finished = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"s" * 1024
+                await asyncio.sleep(0.01)
+        finally:
+            finished.set()
+
+    task = asyncio.create_task(pool.request("POST", "/", [], slow()))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await srv.wait_closed(1)
+    assert pool.open_connections == 0
+    async with asyncio.timeout(1):
+        await finished.wait()
+    await pool.close()
+
+
+async def test_close_closes_idle_connections(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    a, b = await asyncio.gather(pool.request("GET", "/", []), pool.request("GET", "/", []))
+    assert await body_of(a) == b"ok"
+    c = await pool.request("GET", "/", [])  # reuses a's connection while b is still checked out
+    assert pool.idle_connections == 0
+    assert await body_of(c) == b"ok"
+    await pool.close()
+    assert pool.idle_connections == 0
+    await srv.wait_closed(1)
+    assert pool.open_connections == 1
+    # The in-use connection closes when released.
+    assert await b.read(10) == b"ok"
+    await srv.wait_closed(2)
+    assert pool.open_connections == 0
+    with pytest.raises(UpstreamError):
+        await pool.request("GET", "/", [])
