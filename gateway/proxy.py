@@ -13,14 +13,13 @@ from urllib.parse import parse_qsl, quote_plus, unquote, urlencode
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
-from gateway.api.datasources import authorize
+from gateway.api.datasources import authorize, query_entry
 from gateway.auth import Identity
-from gateway.cache import Entry
 from gateway.config import Config
-from gateway.errors import DataSourceNotFound, GatewayError, IdInvalid, UidInvalidPath
-from gateway.keys import cache_key, config_key
-from gateway.models import DataSource, is_valid_uid_chars
-from gateway.transport import Transport
+from gateway.errors import GatewayError
+from gateway.keys import config_key
+from gateway.models import DataSource
+from gateway.transport import Transport, join_path
 from gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger("gateway.proxy")
@@ -80,17 +79,6 @@ class UpstreamTooLarge(GatewayError):
     status, message = 502, "Bad Gateway: the data source's response exceeds [dataproxy] response_limit"
 
 
-def join_url_fragments(base: str, suffix: str) -> str:
-    """Grafana's JoinURLFragments: one slash at the join, `base` unchanged when suffix is empty."""
-    if not suffix:
-        return base
-    if base.endswith("/") and suffix.startswith("/"):
-        return base + suffix[1:]
-    if not base.endswith("/") and not suffix.startswith("/"):
-        return base + "/" + suffix
-    return base + suffix
-
-
 def clean_relative_path(path: str) -> str:
     """Grafana's CleanRelativePath on the decoded path: resolve `.`, `..` and `//`; `.` becomes ''."""
     cleaned = posixpath.normpath("/" + unquote(path)).lstrip("/")
@@ -142,20 +130,20 @@ def upstream_request(
     """The request-target and headers to send upstream (spec-proxy §2.7, §2.8): credentials injected,
     the caller's credentials, cookies and hop-by-hop headers removed. The client's encoding is kept.
     """
-    path = join_url_fragments(transport.base_path, proxy_path)
+    path = join_path(transport.base_path, proxy_path)
     query = raw_query
     if ds.type == "influxdb":
         query = _go_encode(parse_qsl(raw_query, keep_blank_values=True))
     elif ds.type == "influxdb_08":
-        path = join_url_fragments(transport.base_path, f"db/{ds.database}/{proxy_path}")
+        path = join_path(transport.base_path, f"db/{ds.database}/{proxy_path}")
         pairs = [*parse_qsl(raw_query, keep_blank_values=True), ("u", ds.user), ("p", secrets.get("password", ""))]
         query = _go_encode(pairs)
-    target = (path or "/") + ("?" + query if query else "")
+    target = path + ("?" + query if query else "")
 
     connection_listed = {token.strip().lower() for value in headers.getall("Connection", []) for token in
                          value.split(",")}
     out = [(name, value) for name, value in headers.items()
-           if (lower := name.lower()) not in _REQUEST_DROP and lower not in connection_listed
+           if ((lower := name.lower()) not in _REQUEST_DROP and lower not in connection_listed)
            or (lower == "te" and value.strip().lower() == "trailers")]
     authorization = transport.authorization
     if ds_auth := headers.get("X-DS-Authorization"):
@@ -220,7 +208,7 @@ async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
     if match is None:
         raise GatewayError("Not found", status=404)
     reference, proxy_path = match.group(1), raw_path[match.end():]
-    entry = await _lookup(request, identity, reference)
+    entry = await query_entry(request, identity, reference, not_found="Unable to find datasource")
     ds = entry.ds
     if climbs_above_base(proxy_path):
         raise ProxyError("Invalid proxy path: dot-segments may not climb above the data source URL", status=400)
@@ -247,34 +235,13 @@ async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
     return await _relay(request, upstream, config)
 
 
-async def _lookup(request: web.Request, identity: Identity, reference: str) -> Entry:
-    cache = request.app[cache_key]
-    try:
-        if reference.startswith("uid/"):
-            uid = reference[4:]
-            if not is_valid_uid_chars(uid):
-                raise UidInvalidPath()
-            entry = await cache.get(identity.org_id, uid=uid)
-        else:
-            try:
-                ds_id = int(reference)
-            except ValueError:
-                raise IdInvalid(trace=True) from None
-            entry = await cache.get(identity.org_id, id=ds_id)
-    except DataSourceNotFound:
-        raise GatewayError("Unable to find datasource", status=404, trace=True) from None
-    if not identity.can("datasources:query", f"datasources:uid:{entry.ds.uid}"):
-        raise GatewayError("Access denied to datasource", status=403, trace=True)
-    return entry
-
-
 async def _relay(request: web.Request, upstream: UpstreamResponse, config: Config) -> web.StreamResponse:
     if upstream.status == 401 and not config.gateway.proxy_pass_through_401:
         # Grafana hides upstream 401s: a 401 would sign the browser user out (spec-proxy §2.11.1)
         upstream.abort()
-        response = web.Response(status=400, body=AUTH_FAILED, content_type="text/plain", charset="utf-8")
-        response.headers.extend(_SECURITY_HEADERS)
-        return response
+        refused = web.Response(status=400, body=AUTH_FAILED, content_type="text/plain", charset="utf-8")
+        refused.headers.extend(_SECURITY_HEADERS)
+        return refused
     limit = config.dataproxy.response_limit
     if limit and upstream.content_length is not None and upstream.content_length > limit:
         upstream.abort()

@@ -6,13 +6,13 @@ import base64
 import os
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from urllib.parse import urlsplit
 
 from gateway.config import DataProxy
 from gateway.errors import GatewayError
 from gateway.models import DataSource, validate_url
-from gateway.upstream import UpstreamPool
+from gateway.upstream import UpstreamConnectError, UpstreamPool
 
 
 class InvalidDataSourceURL(GatewayError):
@@ -82,10 +82,44 @@ class Transport:
             basic(ds.user, secrets.get("password", "")) if not ds.basic_auth and ds.user else None
         )
 
+    async def fetch(
+        self, method: str, path: str, query: str = "", headers: Sequence[tuple[str, str]] = (),
+        body: bytes | None = None, limit: int = 16 << 20,
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """A whole (bounded) exchange with the data source, credentials injected; for backends, not the proxy."""
+        if self.pool is None:
+            raise UpstreamConnectError("the data source URL has no host")
+        out = list(headers)
+        if self.authorization or self.legacy_authorization:
+            out.append(("Authorization", self.authorization or self.legacy_authorization or ""))
+        names = {name.lower() for name, _ in self.custom_headers}
+        out = [(n, v) for n, v in out if n.lower() not in names] + self.custom_headers
+        target = join_path(self.base_path, path) + ("?" + query if query else "")
+        response = await self.pool.request(method, target, out, body, header_timeout=self.header_timeout,
+                                           read_timeout=self.header_timeout)
+        try:
+            data = await response.read(limit)
+        except BaseException:
+            response.abort()
+            raise
+        response.release()
+        return response.status, response.headers, data
+
     async def close(self) -> None:
         """Close idle connections now and busy ones when their response is done."""
         if self.pool is not None:
             await self.pool.close()
+
+
+def join_path(base: str, suffix: str) -> str:
+    """Grafana's JoinURLFragments: one slash at the join, `base` unchanged when suffix is empty."""
+    if not suffix:
+        return base or "/"
+    if base.endswith("/") and suffix.startswith("/"):
+        return base + suffix[1:]
+    if not base.endswith("/") and not suffix.startswith("/"):
+        return base + "/" + suffix
+    return base + suffix
 
 
 def _authorization(ds: DataSource, secrets: Mapping[str, str]) -> str | None:

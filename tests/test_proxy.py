@@ -13,7 +13,8 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.app import create_app
-from gateway.proxy import clean_relative_path, climbs_above_base, join_url_fragments
+from gateway.proxy import clean_relative_path, climbs_above_base
+from gateway.transport import join_path
 from tests.conftest import ADMIN, make_config
 
 SECRET = "upstream-pass-9f3"
@@ -98,11 +99,11 @@ async def add(client: Any, url: str, **body: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("base", "suffix", "joined"),
     [("/root/", "path/to/folder/", "/root/path/to/folder/"), ("", "/double", "/double"),
-     ("/base/", "/double", "/base/double"), ("", "//double", "//double"), ("/prefix", "", "/prefix"),
+     ("/base/", "/double", "/base/double"), ("", "//double", "//double"), ("/prefix", "", "/prefix"), ("", "", "/"),
      ("", "api/v1/query", "/api/v1/query")],
 )
 def test_join_url_fragments(base, suffix, joined):
-    assert join_url_fragments(base, suffix) == joined
+    assert join_path(base, suffix) == joined
 
 
 def test_route_matching_uses_normalised_decoded_paths():
@@ -170,7 +171,8 @@ async def test_lookup_errors(client, upstream, make_token):
 async def test_request_headers_follow_grafanas_rules(client, upstream):
     recorder, url = upstream
     await add(client, url, basicAuth=True, basicAuthUser="bob",
-              jsonData={"httpHeaderName1": "X-Api-Key", "httpHeaderName2": "X-Tenant", "keepCookies": ["keep", "pre[]"]},
+              jsonData={"httpHeaderName1": "X-Api-Key", "httpHeaderName2": "X-Tenant",
+                        "keepCookies": ["keep", "pre[]"]},
               secureJsonData={"basicAuthPassword": SECRET, "httpHeaderValue1": "key-1", "httpHeaderValue2": "t-2"})
     headers = {
         **ADMIN, "Cookie": "keep=1; grafana_session=s; drop=2; prefix_a=3", "Origin": "http://evil",
@@ -263,7 +265,8 @@ async def test_prometheus_write_protection_and_allow_listed_posts(client, upstre
     for path in ["api/v1/admin/tsdb/delete_series", "api//v1/admin/x"]:
         response = await client.post(f"/api/datasources/proxy/uid/up/{path}", headers=ADMIN)
         assert response.status == 403
-        assert await response.json() == {"message": "non allow-listed POSTs not allowed on proxied prometheus datasource"}
+        assert await response.json() == {
+            "message": "non allow-listed POSTs not allowed on proxied prometheus datasource"}
     assert (await client.put("/api/datasources/proxy/uid/up/api/v1/query", headers=ADMIN)).status == 403
     viewer = await make_token("Viewer")
     for path in ["api/v1/status/flags", "api//v1/status/flags", "api/v1/status/%66lags", "x/../api/v1/status/flags"]:
@@ -281,7 +284,8 @@ async def test_loki_refuses_writes_and_elasticsearch_allows_only_msearch(client,
     await add(client, url, type="elasticsearch", name="es", uid="es")
     assert (await client.post("/api/datasources/proxy/uid/es/_msearch", data=b"{}", headers=ADMIN)).status == 200
     response = await client.post("/api/datasources/proxy/uid/es/_bulk", headers=ADMIN)
-    assert await response.json() == {"message": "posts not allowed on proxied Elasticsearch datasource except on /_msearch"}
+    assert await response.json() == {
+        "message": "posts not allowed on proxied Elasticsearch datasource except on /_msearch"}
     response = await client.delete("/api/datasources/proxy/uid/es/idx", headers=ADMIN)
     assert await response.json() == {"message": "deletes not allowed on proxied Elasticsearch datasource"}
 
@@ -336,7 +340,7 @@ async def test_client_disconnect_cancels_the_upstream_call_at_once(client, upstr
 
 
 async def test_upload_is_streamed_up(client, upstream):
-    recorder, url = upstream
+    _recorder, url = upstream
     await add(client, url)
 
     async def body():

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from gateway.auth import Identity
 from gateway.backends import UNKNOWN_LOGO, plugin_for
+from gateway.cache import Entry
 from gateway.errors import (
     AccessDenied,
     BadRequestData,
@@ -14,8 +15,9 @@ from gateway.errors import (
     DataSourceUrlInvalid,
     GatewayError,
     IdInvalid,
+    UidInvalidPath,
 )
-from gateway.keys import box_key, config_key, identity_key, store_key
+from gateway.keys import box_key, cache_key, config_key, identity_key, store_key
 from gateway.models import (
     MAX_FIELD_BYTES,
     MAX_NAME_BYTES,
@@ -27,6 +29,7 @@ from gateway.models import (
     DataSourceView,
     UpdateDataSourceCommand,
     bind,
+    is_valid_uid_chars,
     validate_url,
 )
 from gateway.wire import json_response
@@ -89,6 +92,28 @@ async def authorize(request: web.Request, action: str, scope: str | None = None)
         if identity.can(action, f"datasources:uid:{ds.uid}"):
             return identity
     raise AccessDenied(action)
+
+
+async def query_entry(request: web.Request, identity: Identity, reference: str, *, not_found: str) -> Entry:
+    """The cached data source named by `<id>` or `uid/<uid>`, if the caller may query it."""
+    cache = request.app[cache_key]
+    try:
+        if reference.startswith("uid/"):
+            uid = reference[4:]
+            if not is_valid_uid_chars(uid):
+                raise UidInvalidPath()
+            entry = await cache.get(identity.org_id, uid=uid)
+        else:
+            try:
+                ds_id = int(reference)
+            except ValueError:
+                raise IdInvalid(trace=True) from None
+            entry = await cache.get(identity.org_id, id=ds_id)
+    except DataSourceNotFound:
+        raise GatewayError(not_found, status=404, trace=True) from None
+    if not identity.can("datasources:query", f"datasources:uid:{entry.ds.uid}"):
+        raise GatewayError("Access denied to datasource", status=403, trace=True)
+    return entry
 
 
 def _check_lengths(cmd: AddDataSourceCommand) -> None:

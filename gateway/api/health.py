@@ -1,11 +1,28 @@
-"""/api/health for probes and /api/frontend/settings for clients that read the version."""
+"""/api/health, /api/frontend/settings, and each data source's health and resources calls."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
+from gateway.api.datasources import authorize, query_entry
+from gateway.backends import NotImplementedByBackend, ResourceRequest, backend_for
+from gateway.errors import GatewayError
 from gateway.keys import config_key, db_key
+from gateway.transport import InvalidDataSourceURL, TLSConfigError
+from gateway.upstream import UpstreamError, UpstreamTimeout
 from gateway.wire import json_response
+
+RESOURCE_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+class PluginNotRegistered(GatewayError):
+    status, message, message_id = 404, "Plugin not registered", "plugin.notRegistered"
+
+
+class MethodNotImplemented(GatewayError):
+    status, message, message_id = 404, "Method not implemented", "plugin.notImplemented"
 
 COMMIT = "gateway"
 
@@ -32,7 +49,67 @@ async def get_frontend_settings(request: web.Request) -> web.Response:
     })
 
 
+def _reference(request: web.Request) -> str:
+    return f"uid/{request.match_info['uid']}" if "uid" in request.match_info else request.match_info["id"]
+
+
+async def check_datasource_health(request: web.Request) -> web.Response:
+    """ANY /api/datasources/(:id|uid/:uid)/health: 200 when OK, 400 with the same shape otherwise."""
+    identity = await authorize(request, "datasources:query")
+    entry = await query_entry(request, identity, _reference(request), not_found="Data source not found")
+    backend = backend_for(entry.ds.type)
+    if backend is None:
+        raise PluginNotRegistered()
+    timeout = request.app[config_key].dataproxy.timeout
+    try:
+        async with asyncio.timeout(timeout):
+            result = await backend.check_health(entry.ds, entry.secrets, entry.transport, identity.role == "Admin")
+    except NotImplementedByBackend:
+        raise MethodNotImplemented() from None
+    except (InvalidDataSourceURL, TLSConfigError) as error:
+        return json_response({"message": error.message, "status": "ERROR"}, status=400)
+    except TimeoutError:
+        return json_response({"message": f"Health check timed out after {timeout:g}s", "status": "ERROR"},
+                             status=400)
+    return json_response(result, status=200 if result.status == "OK" else 400)
+
+
+async def call_datasource_resource(request: web.Request) -> web.Response:
+    """ANY /api/datasources/(:id|uid/:uid)/resources/*: the type's backend answers (buffered, bounded)."""
+    identity = await authorize(request, "datasources:query")
+    entry = await query_entry(request, identity, _reference(request), not_found="Data source not found")
+    backend = backend_for(entry.ds.type)
+    if backend is None:
+        raise PluginNotRegistered()
+    if request.method not in RESOURCE_METHODS:
+        raise GatewayError("Method not allowed", status=405, headers={"Allow": ", ".join(RESOURCE_METHODS)})
+    resource = ResourceRequest(
+        method=request.method, path=request.match_info.get("rest", ""), query=request.query_string,
+        headers=tuple(request.headers.items()), body=await request.read(),
+    )
+    try:
+        answer = await backend.call_resource(entry.ds, entry.secrets, entry.transport, resource)
+    except NotImplementedByBackend:
+        raise MethodNotImplemented() from None
+    except UpstreamTimeout:
+        raise GatewayError("Gateway Timeout: the data source did not answer in time", status=504) from None
+    except UpstreamError:
+        raise GatewayError("Bad Gateway: the data source could not be reached", status=502) from None
+    response = web.Response(status=answer.status, body=answer.body)
+    for name, value in answer.headers:
+        response.headers[name] = value
+    if "Content-Type" not in response.headers and answer.status != 204:
+        response.headers["Content-Type"] = "application/json"
+    response.headers["Content-Security-Policy"] = "sandbox"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def add_routes(app: web.Application) -> None:
-    """Register the health and settings routes."""
+    """Register the health, settings, and per-data-source health and resources routes."""
     app.router.add_get("/api/health", get_health)
     app.router.add_get("/api/frontend/settings", get_frontend_settings)
+    for prefix in ("/api/datasources/uid/{uid}", "/api/datasources/{id}"):
+        app.router.add_route("*", f"{prefix}/health", check_datasource_health)
+        app.router.add_route("*", f"{prefix}/resources", call_datasource_resource)
+        app.router.add_route("*", f"{prefix}/resources/{{rest:.*}}", call_datasource_resource)

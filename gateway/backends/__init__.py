@@ -1,8 +1,54 @@
-"""Data source types gateway knows: Grafana's plugin ids, aliases, display names and logos."""
+"""Data source types gateway knows: Grafana's plugin ids, aliases, names, logos, and their backends.
+
+A backend answers health and resource calls for one type (and, later, queries). It gets the
+data source, its opened secrets and its transport; it never sees a web.Request.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Protocol
+
 import msgspec
+
+from gateway.models import DataSource
+from gateway.transport import Transport
+
+
+class HealthResult(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Grafana's CheckHealthResult as JSON (keys sorted): details only when set."""
+
+    details: dict[str, Any] | None = None
+    message: str
+    status: str
+
+
+class ResourceRequest(msgspec.Struct, frozen=True):
+    """A resource call as a plugin receives it: decoded path without a leading slash, raw query."""
+
+    method: str
+    path: str
+    query: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+class ResourceResponse(msgspec.Struct):
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class NotImplementedByBackend(Exception):
+    """The backend has no handler for this call (Grafana: plugin.notImplemented)."""
+
+
+class Backend(Protocol):
+    async def check_health(self, ds: DataSource, secrets: Mapping[str, str], transport: Transport,
+                           is_admin: bool) -> HealthResult: ...
+
+    async def call_resource(self, ds: DataSource, secrets: Mapping[str, str], transport: Transport,
+                            request: ResourceRequest) -> ResourceResponse: ...
 
 
 class Plugin(msgspec.Struct, frozen=True):
@@ -43,3 +89,24 @@ _BY_TYPE = {alias: plugin for plugin in PLUGINS for alias in (plugin.id, *plugin
 def plugin_for(ds_type: str) -> Plugin | None:
     """The plugin serving a type id or alias, or None for a type gateway does not know."""
     return _BY_TYPE.get(ds_type)
+
+
+# the modules import the types above, so they load last
+from gateway.backends import http, loki, postgres, prometheus, testdata  # noqa: E402
+
+_BACKENDS: Mapping[str, Backend] = {
+    "prometheus": prometheus.Prometheus(),
+    "loki": loki.Loki(),
+    "grafana-testdata-datasource": testdata.TestData(),
+    "grafana-postgresql-datasource": postgres.Postgres(),
+    "graphite": http.HttpPing("metrics/find", "query=*"),
+    "elasticsearch": http.HttpPing("_cluster/health"),
+    "influxdb": http.HttpPing("ping"),
+    "mysql": http.NoBackend(),
+}
+
+
+def backend_for(ds_type: str) -> Backend | None:
+    """The backend for a type id or alias; None when the type is not a plugin gateway knows."""
+    plugin = plugin_for(ds_type)
+    return _BACKENDS.get(plugin.id) if plugin else None
