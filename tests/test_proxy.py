@@ -66,6 +66,15 @@ class Recorder:
                 await response.write(chunk)
             await response.write_eof()
             return response
+        if path == "/gib":
+            response = web.StreamResponse()
+            response.content_length = 1 << 30
+            await response.prepare(request)
+            block = bytes(1 << 20)
+            for _ in range(1024):
+                await response.write(block)
+            await response.write_eof()
+            return response
         if path == "/stall":
             response = web.StreamResponse()
             await response.prepare(request)
@@ -399,3 +408,25 @@ async def test_changed_password_is_used_by_another_replica_within_a_second(aioht
             break
         assert asyncio.get_running_loop().time() < deadline, "the second replica kept the old password"
         await asyncio.sleep(0.05)
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+async def test_a_1_gib_body_streams_through_with_bounded_memory(client, upstream):
+    """Upstream, gateway and client share this process: its RSS bounds the gateway's growth."""
+    _, url = upstream
+    await add(client, url)
+    before = peak = _rss()
+    response = await client.get("/api/datasources/proxy/uid/up/gib", headers=ADMIN)
+    assert response.headers["Content-Length"] == str(1 << 30)
+    total = 0
+    async for chunk in response.content.iter_chunked(1 << 20):
+        total += len(chunk)
+        if total % (64 << 20) < len(chunk):
+            peak = max(peak, _rss())
+    assert total == 1 << 30
+    assert peak - before < 64 << 20, f"RSS grew by {(peak - before) >> 20} MiB"
