@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from gateway import proxy
@@ -17,7 +18,16 @@ from gateway.config import Config
 from gateway.crypto import SecretBox
 from gateway.db import Database, create_pool
 from gateway.errors import error_middleware
-from gateway.keys import accounts_key, authenticator_key, box_key, cache_key, config_key, db_key, store_key
+from gateway.keys import (
+    accounts_key,
+    authenticator_key,
+    box_key,
+    cache_key,
+    client_key,
+    config_key,
+    db_key,
+    store_key,
+)
 from gateway.sql import MIGRATION_LOCK, load_queries, migrate
 from gateway.store import DataSourceStore
 
@@ -54,6 +64,16 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await db.pool.close()
 
 
+async def _client(app: web.Application) -> AsyncIterator[None]:
+    """The ClientSession for everything but the proxy hot path (WebSocket bridging), with explicit timeouts."""
+    proxy = app[config_key].dataproxy
+    timeout = aiohttp.ClientTimeout(total=None, connect=proxy.dial_timeout, sock_connect=proxy.dial_timeout,
+                                    sock_read=proxy.timeout)
+    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+        app[client_key] = session
+        yield
+
+
 def create_app(config: Config) -> web.Application:
     """The gateway application for `config` ([database] url must be set)."""
     app = web.Application(
@@ -62,6 +82,7 @@ def create_app(config: Config) -> web.Application:
     )
     app[config_key] = config
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_client)
     health_api.add_routes(app)
     datasources_api.add_routes(app)
     accounts_api.add_routes(app)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 from aiohttp import web
 
 from gateway.accounts import AccountStore
@@ -18,7 +19,9 @@ box_key = web.AppKey("box", SecretBox)
 store_key = web.AppKey("store", DataSourceStore)
 accounts_key = web.AppKey("accounts", AccountStore)
 cache_key = web.AppKey("cache", DataSourceCache)
+client_key = web.AppKey("client", aiohttp.ClientSession)
 
 __all__ = [
-    "accounts_key", "authenticator_key", "box_key", "cache_key", "config_key", "db_key", "identity_key", "store_key",
+    "accounts_key", "authenticator_key", "box_key", "cache_key", "client_key", "config_key", "db_key",
+    "identity_key", "store_key",
 ]

@@ -8,16 +8,19 @@ import posixpath
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from http.cookies import CookieError, SimpleCookie
+from typing import Any
 from urllib.parse import parse_qsl, quote_plus, unquote, urlencode
 
+import aiohttp
 from aiohttp import web
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from gateway.api.datasources import authorize, query_entry
 from gateway.auth import Identity
 from gateway.config import Config
 from gateway.errors import GatewayError
-from gateway.keys import config_key
+from gateway.keys import client_key, config_key
 from gateway.models import DataSource
 from gateway.transport import Transport, join_path
 from gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
@@ -221,6 +224,8 @@ async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
         ds, entry.secrets, transport, config, identity, proxy_path, raw_query, request.headers,
         request.remote or "",
     )
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        return await _websocket(request, transport, target, headers)
     body = _body(request) if request.body_exists else None
     try:
         upstream = await transport.pool.request(
@@ -278,6 +283,45 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, config: Confi
         raise
     upstream.release()
     return response
+
+
+_WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+                     "sec-websocket-protocol", "host"})
+
+
+async def _websocket(request: web.Request, transport: Transport, target: str,
+                     headers: list[tuple[str, str]]) -> web.StreamResponse:
+    """Bridge a WebSocket upgrade to the data source, message for message, until either side closes."""
+    session = request.app[client_key]
+    scheme = "wss" if transport.scheme == "https" else "ws"
+    protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    url = URL(f"{scheme}://{transport.netloc}{target}", encoded=True)
+    try:
+        upstream = await session.ws_connect(
+            url, headers=[(n, v) for n, v in headers if n.lower() not in _WS_OWN], protocols=protocols,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10), autoping=True,
+            ssl=transport.tls if transport.tls is not None else True, server_hostname=transport.server_name,
+        )
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        raise UpstreamUnavailable() from None
+    client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
+    await client.prepare(request)
+
+    async def pump(source: Any, sink: Any) -> None:
+        # when one side closes, close the other: its pump then ends by itself
+        async for message in source:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                await sink.send_str(message.data)
+            elif message.type == aiohttp.WSMsgType.BINARY:
+                await sink.send_bytes(message.data)
+        await sink.close()
+
+    try:
+        await asyncio.gather(pump(client, upstream), pump(upstream, client))
+    finally:
+        await upstream.close()
+        await client.close()
+    return client
 
 
 def add_routes(app: web.Application) -> None:

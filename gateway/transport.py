@@ -68,10 +68,11 @@ class Transport:
         self.server_name = str(ds.options.get("serverName") or "") or None
         timeout = ds.options.get("timeout")
         self.header_timeout = _positive_float(timeout) or proxy.timeout
+        self.tls = _tls_context(ds, secrets) if self.scheme == "https" and self.host else None
         self.pool: UpstreamPool | None = None
         if self.host:
             self.pool = UpstreamPool(
-                self.host, self.port, ssl=_tls_context(ds, secrets) if self.scheme == "https" else None,
+                self.host, self.port, ssl=self.tls,
                 server_hostname=self.server_name, connect_timeout=proxy.dial_timeout,
                 max_conns=proxy.max_conns_per_host, max_idle=proxy.max_idle_connections,
                 idle_timeout=proxy.idle_conn_timeout_seconds,

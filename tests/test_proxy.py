@@ -430,3 +430,26 @@ async def test_a_1_gib_body_streams_through_with_bounded_memory(client, upstream
             peak = max(peak, _rss())
     assert total == 1 << 30
     assert peak - before < 64 << 20, f"RSS grew by {(peak - before) >> 20} MiB"
+
+
+async def test_websocket_upgrade_is_bridged_when_the_upstream_accepts_it(client, aiohttp_server):
+    seen: dict[str, str] = {}
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        seen["authorization"] = request.headers.get("Authorization", "")
+        ws = web.WebSocketResponse(protocols=("v1",))
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_str("echo:" + message.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/tail", echo)
+    server = await aiohttp_server(app)
+    await add(client, f"http://127.0.0.1:{server.port}", basicAuth=True, basicAuthUser="u",
+              secureJsonData={"basicAuthPassword": SECRET})
+    async with client.ws_connect("/api/datasources/proxy/uid/up/tail", headers=ADMIN, protocols=("v1",)) as ws:
+        assert ws.protocol == "v1"
+        await ws.send_str("hello")
+        assert (await ws.receive_str(timeout=5)) == "echo:hello"
+    assert seen["authorization"] == "Basic " + base64.b64encode(f"u:{SECRET}".encode()).decode()
