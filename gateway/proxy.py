@@ -114,9 +114,10 @@ def validate_request(ds: DataSource, identity: Identity, method: str, proxy_path
             raise ProxyError("puts not allowed on proxied Elasticsearch datasource", status=403)
         if method == "POST" and clean_relative_path(proxy_path) != "_msearch":
             raise ProxyError("posts not allowed on proxied Elasticsearch datasource except on /_msearch", status=403)
-    routes = PROMETHEUS_ROUTES if ds.type == "prometheus" else ()
+    if ds.type != "prometheus" and ds.type not in PROMETHEUS_LIKE:
+        return
     path = clean_relative_path(proxy_path)
-    for route_method, route_path, role in routes:
+    for route_method, route_path, role in PROMETHEUS_ROUTES if ds.type == "prometheus" else ():
         if route_method not in ("", "*", method) or not path.startswith(route_path):
             continue
         if _ROLE_RANK.get(identity.role, 0) < _ROLE_RANK[role]:
