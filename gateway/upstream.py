@@ -82,8 +82,6 @@ class _Conn(asyncio.BufferedProtocol):
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
 
-    # -- asyncio protocol ---------------------------------------------------------------------------
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
@@ -131,8 +129,6 @@ class _Conn(asyncio.BufferedProtocol):
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    # -- helpers ------------------------------------------------------------------------------------
 
     async def drain(self, limit: float) -> None:
         """Wait until the transport's write buffer drains below the low-water mark."""
@@ -246,8 +242,6 @@ class UpstreamResponse:
         self._released = False
         self._exc: UpstreamError | None = None
 
-    # -- llhttp callbacks ---------------------------------------------------------------------------
-
     def on_message_begin(self) -> None:
         if self._complete:
             # A second response nobody asked for: the connection is out of sync.
@@ -257,10 +251,13 @@ class UpstreamResponse:
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status:
+            return  # Chunked trailers: the head was already handed out, so they are dropped.
         n = name.decode("latin-1")
         v = value.decode("latin-1")
         self.headers.append((n, v))
-        if len(name) in _SPECIAL_NAME_LENGTHS:
+        nlen = len(name)
+        if nlen == 14 or nlen == 17:
             lname = n.lower()
             if lname == "content-length":
                 self._cl = int(v)
@@ -323,8 +320,6 @@ class UpstreamResponse:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    # -- events from the connection / timers --------------------------------------------------------
 
     def _parse_failed(self, exc: BaseException) -> None:
         if self._complete:
@@ -435,8 +430,6 @@ class UpstreamResponse:
                     if isinstance(exc, UpstreamError)
                     else UpstreamProtocolError(f"sending the request body failed: {exc!r}")
                 )
-
-    # -- public API ---------------------------------------------------------------------------------
 
     def chunks(self) -> AsyncIterator[bytes]:
         """Iterate over the body as it arrives, joined into as large pieces as are buffered."""
@@ -562,7 +555,6 @@ class UpstreamPool:
     __slots__ = (
         "_closed",
         "_connect_timeout",
-        "_connecting",
         "_host",
         "_host_line",
         "_idle",
@@ -613,7 +605,6 @@ class UpstreamPool:
         self._waiters: deque[asyncio.Future[_Conn | None]] = deque()
         self._nconns = 0
         self._nopen = 0
-        self._connecting = 0
         self._closed = False
         self._sweep: asyncio.TimerHandle | None = None
 
@@ -632,8 +623,6 @@ class UpstreamPool:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         return loop
-
-    # -- request ------------------------------------------------------------------------------------
 
     async def request(
         self,
@@ -662,6 +651,8 @@ class UpstreamPool:
                 framing = "Content-Length: 0\r\n" if method in _BODY_METHODS else ""
         else:
             stream = body
+            if content_length is not None and content_length < 0:
+                raise ValueError("content_length must not be negative")
             if content_length is None:
                 framing = "Transfer-Encoding: chunked\r\n"
             else:
@@ -758,8 +749,6 @@ class UpstreamPool:
             raise
         return resp
 
-    # -- connection management ----------------------------------------------------------------------
-
     def _pop_idle(self) -> _Conn | None:
         idle = self._idle
         if not idle:
@@ -812,7 +801,6 @@ class UpstreamPool:
         """Open a new connection; the caller has already reserved its slot in _nconns."""
         loop = self._get_loop()
         conn = _Conn(self)
-        self._connecting += 1
         try:
             async with asyncio.timeout_at(deadline):
                 await loop.create_connection(
@@ -831,8 +819,6 @@ class UpstreamPool:
         except BaseException:
             conn.abort()
             raise
-        finally:
-            self._connecting -= 1
         if self._closed:
             conn.abort()
             raise UpstreamError("upstream pool is closed")
