@@ -58,6 +58,8 @@ class DataSourceCache:
         self._box = box
         self._proxy = proxy
         self._entries: dict[tuple[str, int, object], Entry] = {}
+        # bumped by every invalidation: a load that raced with a change is used once, not cached
+        self._generation = 0
         self._listening = False
         self._listener: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -75,9 +77,10 @@ class DataSourceCache:
         entry = self._entries.get(key)
         if entry is not None:
             return entry
+        generation = self._generation
         ds = await self._store.get_data_source(org_id, id=id, uid=uid)
         entry = Entry(ds, self._box.open_all(ds.secure_json_data), self._proxy)
-        if self._listening:
+        if self._listening and generation == self._generation:
             if len(self._entries) >= MAX_ENTRIES:
                 self.clear()
             self._entries[("id", ds.org_id, ds.id)] = entry
@@ -86,6 +89,7 @@ class DataSourceCache:
 
     def invalidate(self, org_id: int, ds_id: int, uid: str) -> None:
         """Forget one data source and close its transport once in-flight requests finish."""
+        self._generation += 1
         for key in (("id", org_id, ds_id), ("uid", org_id, uid)):
             entry = self._entries.pop(key, None)
             if entry is not None:
@@ -93,6 +97,7 @@ class DataSourceCache:
 
     def clear(self) -> None:
         """Forget everything."""
+        self._generation += 1
         entries = {id(e): e for e in self._entries.values()}
         self._entries.clear()
         for entry in entries.values():
