@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import secrets
 import shlex
 import shutil
@@ -43,7 +44,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,51 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent in user and system mode since boot, over all cores."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[1]) + int(fields[2]) + int(fields[3])) / CLK_TCK  # user, nice, system
+
+
+def own_children_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk and curl, once waited for
+    return usage.ru_utime + usage.ru_stime
+
+
+class ForeignCpu:
+    """How much CPU processes that are not part of the benchmark used while it measured.
+
+    Machine-wide busy time minus the CPU of the services, of wrk/curl and of this process; as a share of
+    all cores over the measured interval. Approximate (tick accounting), but it tells a disturbed run.
+    """
+
+    def __init__(self, own_pids: Callable[[], list[int]]) -> None:
+        self.own_pids = own_pids
+        self.runs: list[tuple[str, float]] = []
+
+    def _own(self) -> float:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        return cpu_seconds(self.own_pids()) + own_children_seconds() + me.ru_utime + me.ru_stime
+
+    @contextlib.contextmanager
+    def watch(self, label: str) -> Iterator[None]:
+        busy, own, start = machine_busy_seconds(), self._own(), time.monotonic()
+        yield
+        elapsed = time.monotonic() - start
+        foreign = (machine_busy_seconds() - busy) - (self._own() - own)
+        self.runs.append((label, max(0.0, foreign) / (elapsed * (os.cpu_count() or 1))))
+
+    def summary(self) -> str:
+        if not self.runs:
+            return "?"
+        mean = sum(share for _, share in self.runs) / len(self.runs)
+        label, worst = max(self.runs, key=lambda run: run[1])
+        return f"≈{mean:.0%} of the machine's CPU on average over the measured runs (most: {worst:.0%}, {label})"
+
+    def mean(self) -> float:
+        return sum(share for _, share in self.runs) / len(self.runs) if self.runs else 0.0
 
 
 class RssSampler:
@@ -467,6 +513,17 @@ class Bench:
     fronts: dict[str, int] = field(default_factory=dict)  # path -> pid of the process the client talks to
     gateway_pid: int = 0
     notes: list[str] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)
+    foreign: ForeignCpu = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.foreign = ForeignCpu(self.service_pids)
+
+    def service_pids(self) -> list[int]:
+        pids = []
+        for service in self.services:
+            pids += [service.proc.pid, *children(service.proc.pid)]
+        return pids
 
     def wrk(self, path: str, file: str, threads: int, connections: int, seconds: float) -> WrkResult:
         lua = self.tmp / "report.lua"
@@ -477,7 +534,8 @@ class Bench:
                "-s", str(lua), "-H", f"Authorization: {AUTH}", url]
         front = [*worker_pids(self.fronts[path]), self.fronts[path]]
         cpu_before = cpu_seconds(front)
-        result = run(cmd, timeout=seconds + 60)
+        with self.foreign.watch(f"{path} {file} -c{connections}"):
+            result = run(cmd, timeout=seconds + 60)
         cpu = cpu_seconds(front) - cpu_before
         line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH ")), None)
         if line is None:
@@ -502,7 +560,7 @@ class Bench:
             workers = worker_pids(self.gateway_pid)
             wrote = {pid: written_bytes(pid) for pid in workers}
             sampler = RssSampler(workers)
-        with sampler or contextlib.nullcontext():
+        with sampler or contextlib.nullcontext(), self.foreign.watch(f"{path} stream"):
             result = run(cmd, timeout=960)
         code, downloaded, seconds = result.stdout.split()
         if code != "200" or int(downloaded) != size:
@@ -516,6 +574,10 @@ class Bench:
         return out
 
 
+def stream_file(size: int) -> str:
+    return "1gib.bin" if size == 1024 * MIB else f"{size // MIB}mib.bin"
+
+
 def make_files(www: Path, stream_size: int) -> dict[str, bytes]:
     www.mkdir(parents=True)
     www.chmod(0o755)
@@ -524,7 +586,7 @@ def make_files(www: Path, stream_size: int) -> dict[str, bytes]:
     (www / "small.json").write_bytes(small)
     mib = os.urandom(MIB)
     (www / "1mib.bin").write_bytes(mib)
-    stream = www / "stream.bin"
+    stream = www / stream_file(stream_size)
     with stream.open("wb") as f:
         f.truncate(stream_size)  # sparse: fast to make
     with stream.open("rb") as f:  # read once: the first read of a sparse file fills the page cache, slowly
@@ -672,6 +734,7 @@ def measure(bench: Bench) -> dict[str, Any]:
         bench.wrk(path, "small.json", 2, 64, 1)
         bench.wrk(path, "1mib.bin", 2, 16, 1)
     bench.notes.clear()  # errors while warming up are not results
+    bench.foreign.runs.clear()
     plan: list[tuple[str, str, int, int]] = [
         ("small_c64", "small.json", 2, 64),
         ("small_c1", "small.json", 1, 1),
@@ -687,7 +750,7 @@ def measure(bench: Bench) -> dict[str, Any]:
     results["stream"] = {}
     for path in PATHS:
         print(f"stream: {path} ({bench.args.stream_size // MIB} MiB) ...", end=" ", flush=True)
-        stream = bench.stream(path, "stream.bin", bench.args.stream_size)
+        stream = bench.stream(path, stream_file(bench.args.stream_size), bench.args.stream_size)
         results["stream"][path] = stream
         extra = f", RSS +{stream.rss_growth_mib:.1f} MiB" if stream.rss_growth_mib is not None else ""
         print(f"{stream.mb_per_s:,.0f} MB/s{extra}", flush=True)
@@ -704,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     services: list[Service] = []
     server_url = database_name = None
     try:
-        bench = Bench(args, tools, tmp)
+        bench = Bench(args, tools, tmp, services=services)
         server_url, source = database_server(args.database_url)
         database_name = f"bench_{secrets.token_hex(5)}"
         asyncio.run(_execute(server_url, f'CREATE DATABASE "{database_name}"'))
@@ -746,6 +809,9 @@ def main(argv: list[str] | None = None) -> int:
             f"- wrk runs of {args.seconds:g} s, back to back per scenario (direct, nginx-proxy, gateway);"
             f" database {redact(database_url)} ({source})",
         ]
+        disturbed = bench.foreign.mean() > 0.1
+        header.append(f"- other processes on this machine used {bench.foreign.summary()}"
+                      + (": **the numbers are disturbed, run again on a quiet machine**" if disturbed else ""))
         text = report(header, results, bench.notes, stream_label)
         print()
         print(text, end="", flush=True)
