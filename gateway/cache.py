@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from typing import Any
 
 import asyncpg
@@ -24,15 +26,17 @@ log = logging.getLogger("gateway")
 
 CHANNEL = "gateway_datasource"
 MAX_ENTRIES = 10_000
+UNTRUSTED_TTL = 1.0
 
 
 class Entry:
     """One data source with its decrypted secrets and (lazily) its transport."""
 
-    __slots__ = ("_transport", "ds", "proxy", "secrets")
+    __slots__ = ("_transport", "ds", "expires", "proxy", "secrets")
 
-    def __init__(self, ds: DataSource, secrets: dict[str, str], proxy: DataProxy) -> None:
+    def __init__(self, ds: DataSource, secrets: dict[str, str], proxy: DataProxy, expires: float) -> None:
         self.ds = ds
+        self.expires = expires
         self.secrets = secrets
         self.proxy = proxy
         self._transport: Transport | None = None
@@ -76,15 +80,21 @@ class DataSourceCache:
         key = ("id", org_id, id) if id is not None else ("uid", org_id, uid)
         entry = self._entries.get(key)
         if entry is not None:
-            return entry
+            if entry.expires > time.monotonic():
+                return entry
+            self.invalidate(entry.ds.org_id, entry.ds.id, entry.ds.uid)
         generation = self._generation
         ds = await self._store.get_data_source(org_id, id=id, uid=uid)
-        entry = Entry(ds, self._box.open_all(ds.secure_json_data), self._proxy)
-        if self._listening and generation == self._generation:
-            if len(self._entries) >= MAX_ENTRIES:
-                self.clear()
-            self._entries[("id", ds.org_id, ds.id)] = entry
-            self._entries[("uid", ds.org_id, ds.uid)] = entry
+        trusted = self._listening and generation == self._generation
+        expires = math.inf if trusted else time.monotonic() + UNTRUSTED_TTL
+        entry = Entry(ds, self._box.open_all(ds.secure_json_data), self._proxy, expires)
+        if len(self._entries) >= MAX_ENTRIES:
+            self.clear()
+        for old in (self._entries.get(("id", ds.org_id, ds.id)), self._entries.get(("uid", ds.org_id, ds.uid))):
+            if old is not None:
+                self._close_later(old)
+        self._entries[("id", ds.org_id, ds.id)] = entry
+        self._entries[("uid", ds.org_id, ds.uid)] = entry
         return entry
 
     def invalidate(self, org_id: int, ds_id: int, uid: str) -> None:

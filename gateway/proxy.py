@@ -212,32 +212,36 @@ async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
     if match is None:
         raise GatewayError("Not found", status=404)
     reference, proxy_path = match.group(1), raw_path[match.end():]
-    entry = await query_entry(request, identity, reference, not_found="Unable to find datasource")
-    ds = entry.ds
-    if climbs_above_base(proxy_path):
-        raise ProxyError("Invalid proxy path: dot-segments may not climb above the data source URL", status=400)
     config = request.app[config_key]
-    transport = entry.transport
-    validate_request(ds, identity, request.method, proxy_path, transport, config.security.data_source_proxy_whitelist)
-    if transport.pool is None:
-        raise UpstreamUnavailable("Bad Gateway: the data source has no host in its URL")
-    target, headers = upstream_request(
-        ds, entry.secrets, transport, config, identity, proxy_path, raw_query, request.headers,
-        request.remote or "",
-    )
-    if request.headers.get("Upgrade", "").lower() == "websocket":
-        return await _websocket(request, transport, target, headers)
     body = _body(request) if request.body_exists else None
-    try:
-        upstream = await transport.pool.request(
-            request.method, target, headers, body, content_length=request.content_length,
-            header_timeout=transport.header_timeout, read_timeout=config.gateway.proxy_idle_read_timeout,
+    for attempt in (1, 2):
+        entry = await query_entry(request, identity, reference, not_found="Unable to find datasource")
+        ds, transport = entry.ds, entry.transport
+        if climbs_above_base(proxy_path):
+            raise ProxyError("Invalid proxy path: dot-segments may not climb above the data source URL", status=400)
+        validate_request(ds, identity, request.method, proxy_path, transport,
+                         config.security.data_source_proxy_whitelist)
+        if transport.pool is None:
+            raise UpstreamUnavailable("Bad Gateway: the data source has no host in its URL")
+        target, headers = upstream_request(
+            ds, entry.secrets, transport, config, identity, proxy_path, raw_query, request.headers,
+            request.remote or "",
         )
-    except UpstreamTimeout:
-        raise UpstreamTimedOut() from None
-    except UpstreamError as error:
-        log.warning("proxy request to data source %s failed: %s", ds.uid, type(error).__name__)
-        raise UpstreamUnavailable() from None
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await _websocket(request, transport, target, headers)
+        try:
+            upstream = await transport.pool.request(
+                request.method, target, headers, body, content_length=request.content_length,
+                header_timeout=transport.header_timeout, read_timeout=config.gateway.proxy_idle_read_timeout,
+            )
+            break
+        except UpstreamTimeout:
+            raise UpstreamTimedOut() from None
+        except UpstreamError as error:
+            if transport.pool.closed and attempt == 1:
+                continue  # the data source changed while this request started: use the new transport
+            log.warning("proxy request to data source %s failed: %s", ds.uid, type(error).__name__)
+            raise UpstreamUnavailable() from None
     return await _relay(request, upstream, config)
 
 

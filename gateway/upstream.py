@@ -618,6 +618,11 @@ class UpstreamPool:
         """Number of idle keep-alive connections ready for reuse."""
         return len(self._idle)
 
+    @property
+    def closed(self) -> bool:
+        """True once close() was called: request() refuses from then on."""
+        return self._closed
+
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         if loop is None:
