@@ -453,3 +453,33 @@ async def test_websocket_upgrade_is_bridged_when_the_upstream_accepts_it(client,
         await ws.send_str("hello")
         assert (await ws.receive_str(timeout=5)) == "echo:hello"
     assert seen["authorization"] == "Basic " + base64.b64encode(f"u:{SECRET}".encode()).decode()
+
+
+async def test_tls_options_from_json_data_and_secure_json_data(client, aiohttp_server, tmp_path):
+    from tests.test_upstream import make_tls
+
+    server_tls, ca_pem = make_tls(tmp_path)
+    app = web.Application()
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"tls": True})
+
+    app.router.add_get("/x", answer)
+    server = await aiohttp_server(app, ssl=server_tls)
+    url = f"https://127.0.0.1:{server.port}"
+    await add(client, url, name="trusted", uid="trusted",
+              jsonData={"tlsAuthWithCACert": True}, secureJsonData={"tlsCACert": ca_pem.decode()})
+    response = await client.get("/api/datasources/proxy/uid/trusted/x", headers=ADMIN)
+    assert response.status == 200 and await response.json() == {"tls": True}
+    await add(client, url, name="named", uid="named",
+              jsonData={"tlsAuthWithCACert": True, "serverName": "upstream.test"},
+              secureJsonData={"tlsCACert": ca_pem.decode()})
+    assert (await client.get("/api/datasources/proxy/uid/named/x", headers=ADMIN)).status == 200
+    await add(client, url, name="untrusted", uid="untrusted")
+    assert (await client.get("/api/datasources/proxy/uid/untrusted/x", headers=ADMIN)).status == 502
+    await add(client, url, name="skip", uid="skip", jsonData={"tlsSkipVerify": True})
+    assert (await client.get("/api/datasources/proxy/uid/skip/x", headers=ADMIN)).status == 200
+    await add(client, url, name="bad", uid="bad", jsonData={"tlsAuthWithCACert": True},
+              secureJsonData={"tlsCACert": "-----BEGIN CERTIFICATE-----\nnot a cert\n-----END CERTIFICATE-----\n"})
+    response = await client.get("/api/datasources/proxy/uid/bad/x", headers=ADMIN)
+    assert response.status == 400
+    assert await response.json() == {"message": "Unable to load TLS certificate", "traceID": ""}
