@@ -7,7 +7,9 @@ import asyncio
 from aiohttp import web
 
 from gateway.api.datasources import authorize, query_entry
-from gateway.backends import NotImplementedByBackend, ResourceRequest, backend_for
+from gateway.auth import Identity
+from gateway.backends import Backend, NotImplementedByBackend, ResourceRequest, backend_for
+from gateway.cache import Entry
 from gateway.errors import GatewayError
 from gateway.keys import config_key, db_key
 from gateway.transport import InvalidDataSourceURL, TLSConfigError
@@ -49,17 +51,20 @@ async def get_frontend_settings(request: web.Request) -> web.Response:
     })
 
 
-def _reference(request: web.Request) -> str:
-    return f"uid/{request.match_info['uid']}" if "uid" in request.match_info else request.match_info["id"]
+async def _backend(request: web.Request) -> tuple[Identity, Entry, Backend]:
+    """The caller, the data source it may query (by :id or uid/:uid) and its type's backend."""
+    identity = await authorize(request, "datasources:query")
+    reference = f"uid/{request.match_info['uid']}" if "uid" in request.match_info else request.match_info["id"]
+    entry = await query_entry(request, identity, reference, not_found="Data source not found")
+    backend = backend_for(entry.ds.type)
+    if backend is None:
+        raise PluginNotRegistered()
+    return identity, entry, backend
 
 
 async def check_datasource_health(request: web.Request) -> web.Response:
     """ANY /api/datasources/(:id|uid/:uid)/health: 200 when OK, 400 with the same shape otherwise."""
-    identity = await authorize(request, "datasources:query")
-    entry = await query_entry(request, identity, _reference(request), not_found="Data source not found")
-    backend = backend_for(entry.ds.type)
-    if backend is None:
-        raise PluginNotRegistered()
+    identity, entry, backend = await _backend(request)
     timeout = request.app[config_key].dataproxy.timeout
     try:
         async with asyncio.timeout(timeout):
@@ -76,11 +81,7 @@ async def check_datasource_health(request: web.Request) -> web.Response:
 
 async def call_datasource_resource(request: web.Request) -> web.Response:
     """ANY /api/datasources/(:id|uid/:uid)/resources/*: the type's backend answers (buffered, bounded)."""
-    identity = await authorize(request, "datasources:query")
-    entry = await query_entry(request, identity, _reference(request), not_found="Data source not found")
-    backend = backend_for(entry.ds.type)
-    if backend is None:
-        raise PluginNotRegistered()
+    _, entry, backend = await _backend(request)
     if request.method not in RESOURCE_METHODS:
         raise GatewayError("Method not allowed", status=405, headers={"Allow": ", ".join(RESOURCE_METHODS)})
     resource = ResourceRequest(
