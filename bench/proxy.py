@@ -578,8 +578,21 @@ def stream_file(size: int) -> str:
     return "1gib.bin" if size == 1024 * MIB else f"{size // MIB}mib.bin"
 
 
+def files_dir(tmp: Path) -> Path:
+    """Where the upstream's files live: a tmpfs when there is one, else under `tmp`.
+
+    Page cache can be dropped behind our back (some VMs reclaim it within a minute or two), and then
+    reading a file, even the holes of a sparse one, means allocating fresh pages: on a VM that can be
+    slower than the proxies under test. Holes of a sparse file on tmpfs read as the shared zero page.
+    """
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix="gateway-bench-www-", dir=shm))
+    return tmp / "www"
+
+
 def make_files(www: Path, stream_size: int) -> dict[str, bytes]:
-    www.mkdir(parents=True)
+    www.mkdir(parents=True, exist_ok=True)
     www.chmod(0o755)
     small = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []},
                         "padding": "x" * 24}).encode()
@@ -764,6 +777,7 @@ def main(argv: list[str] | None = None) -> int:
     tool_versions = versions(tools)
     load_before = loadavg()
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    www = files_dir(tmp)
     services: list[Service] = []
     server_url = database_name = None
     try:
@@ -773,10 +787,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_execute(server_url, f'CREATE DATABASE "{database_name}"'))
         database_url = _with_database(server_url, database_name)
 
-        files = make_files(tmp / "www", args.stream_size)
+        files = make_files(www, args.stream_size)
         upstream_port, proxy_port, gateway_port = free_port(), free_port(), free_port()
         upstream = start_nginx(tools["nginx"], "upstream nginx", tmp / "upstream", args.workers,
-                               UPSTREAM_BODY.format(port=upstream_port, www=tmp / "www"), upstream_port)
+                               UPSTREAM_BODY.format(port=upstream_port, www=www), upstream_port)
         services.append(upstream)
         proxy = start_nginx(tools["nginx"], "proxy nginx", tmp / "proxy", args.workers,
                             PROXY_BODY.format(port=proxy_port, upstream=upstream_port), proxy_port)
@@ -834,6 +848,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:
                 print(f"could not drop database {database_name}: {exc}", file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(www, ignore_errors=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
