@@ -676,7 +676,7 @@ def report(header: list[str], results: dict[str, Any], notes: list[str], stream_
     for name, value, target, higher, unit in aims:
         met = value >= target if higher else value <= target
         sign = "+" if unit and value >= 0 else ""
-        lines.append(f"| {name} | {sign}{value:.2f}{unit} | {'≥' if higher else '≤'} {target:g}{unit} |"
+        lines.append(f"| {name} | {sign}{value:.3f}{unit} | {'≥' if higher else '≤'} {target:g}{unit} |"
                      f" {'met' if met else 'missed'} |")
     gw = stream["gateway"]
     lines += ["", "Notes:",
