@@ -32,15 +32,22 @@ def _config(args: argparse.Namespace) -> Config:
     return config
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def _serve_worker(config: Config, sock: socket.socket | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(config)
-    if sock is not None:
-        web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True, handler_cancellation=True,
-                    shutdown_timeout=config.server.shutdown_timeout)
-    else:
-        web.run_app(app, host=config.server.http_addr or None, port=config.server.http_port, print=None,
-                    access_log=None, handler_cancellation=True, shutdown_timeout=config.server.shutdown_timeout)
+    where: dict[str, object] = {"sock": sock} if sock is not None else {
+        "host": config.server.http_addr or None, "port": config.server.http_port,
+    }
+    web.run_app(app, **where, print=None, access_log=None, handler_cancellation=True,  # type: ignore[arg-type]
+                shutdown_timeout=config.server.shutdown_timeout, loop=_new_loop())
 
 
 def serve(config: Config) -> None:

@@ -135,7 +135,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def env_names(cls) -> frozenset[str]:
         """Every GF_<SECTION>_<KEY> variable gateway reads."""
-        names = set()
+        names: set[str] = set()
         for section, field in zip(cls.SECTIONS, msgspec.structs.fields(cls), strict=True):
             names.update(_env_name(section, f.encode_name) for f in msgspec.structs.fields(field.type))
         return frozenset(names)

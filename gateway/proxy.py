@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, quote_plus, unquote, urlencode
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.api.datasources import authorize, query_entry
@@ -63,6 +63,7 @@ PROMETHEUS_ROUTES: tuple[tuple[str, str, str], ...] = (
     ("DELETE", "rules", "Editor"),
 )
 AUTH_FAILED = b"Authentication to data source failed"
+SMALL_BODY = 64 << 10
 LOGIN_COOKIE = "grafana_session"
 
 
@@ -256,17 +257,29 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, config: Confi
     if limit and upstream.content_length is not None and upstream.content_length > limit:
         upstream.abort()
         raise UpstreamTooLarge()
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     connection_listed = {token.strip().lower() for name, value in upstream.headers if name.lower() == "connection"
                          for token in value.split(",")}
-    for name, value in upstream.headers:
-        lower = name.lower()
-        if lower not in _RESPONSE_DROP and lower not in connection_listed:
-            response.headers.add(name, value)
-    for name, value in _SECURITY_HEADERS:
-        response.headers[name] = value
-    if upstream.content_length is not None:
-        response.content_length = upstream.content_length
+    headers = CIMultiDict(
+        (name, value) for name, value in upstream.headers
+        if (lower := name.lower()) not in _RESPONSE_DROP and lower not in connection_listed
+    )
+    headers.update(_SECURITY_HEADERS)
+    length = upstream.content_length
+    if length is not None and length <= SMALL_BODY and request.method != "HEAD":
+        # a small sized body goes out with the headers in one write; bounded, so no whole-body risk
+        try:
+            body = await upstream.read(SMALL_BODY)
+        except UpstreamError:
+            upstream.abort()
+            raise UpstreamUnavailable() from None
+        upstream.release()
+        small = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
+        if "Content-Type" not in headers:
+            del small.headers["Content-Type"]
+        return small
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if length is not None:
+        response.content_length = length
     sent = 0
     try:
         await response.prepare(request)
