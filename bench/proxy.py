@@ -37,6 +37,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -164,12 +165,9 @@ def versions(tools: dict[str, str]) -> dict[str, str]:
     curl = run([tools["curl"], "--version"], 10, check=False).stdout.split()
     out["curl"] = curl[1] if len(curl) > 1 else "?"
     out["python"] = platform.python_version()
-    try:
-        import aiohttp
-
-        out["aiohttp"] = aiohttp.__version__
-    except ImportError:
-        pass
+    for module in ("aiohttp", "uvloop"):
+        with contextlib.suppress(ImportError, AttributeError):
+            out[module] = __import__(module).__version__
     return out
 
 
@@ -186,7 +184,13 @@ def git_commit() -> str:
                                 text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return "?"
-    return result.stdout.strip() or "?"
+    head = result.stdout.strip() or "?"
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "gateway", "sql"],
+                                capture_output=True, text=True, timeout=10, check=False)
+        if status.stdout.strip():
+            head += " + uncommitted changes in the work tree"
+    return head
 
 
 # ---------------------------------------------------------------- /proc
@@ -242,6 +246,11 @@ def machine_busy_seconds() -> float:
     return (int(fields[1]) + int(fields[2]) + int(fields[3])) / CLK_TCK  # user, nice, system
 
 
+def steal_seconds() -> float:
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return int(fields[8]) / CLK_TCK if len(fields) > 8 else 0.0
+
+
 def own_children_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk and curl, once waited for
     return usage.ru_utime + usage.ru_stime
@@ -257,6 +266,7 @@ class ForeignCpu:
     def __init__(self, own_pids: Callable[[], list[int]]) -> None:
         self.own_pids = own_pids
         self.runs: list[tuple[str, float]] = []
+        self.steal: list[float] = []  # the hypervisor's share, per run
 
     def _own(self) -> float:
         me = resource.getrusage(resource.RUSAGE_SELF)
@@ -264,18 +274,21 @@ class ForeignCpu:
 
     @contextlib.contextmanager
     def watch(self, label: str) -> Iterator[None]:
-        busy, own, start = machine_busy_seconds(), self._own(), time.monotonic()
+        busy, own, steal, start = machine_busy_seconds(), self._own(), steal_seconds(), time.monotonic()
         yield
-        elapsed = time.monotonic() - start
+        capacity = (time.monotonic() - start) * (os.cpu_count() or 1)
         foreign = (machine_busy_seconds() - busy) - (self._own() - own)
-        self.runs.append((label, max(0.0, foreign) / (elapsed * (os.cpu_count() or 1))))
+        self.runs.append((label, max(0.0, foreign) / capacity))
+        self.steal.append((steal_seconds() - steal) / capacity)
 
     def summary(self) -> str:
         if not self.runs:
             return "?"
         mean = sum(share for _, share in self.runs) / len(self.runs)
         label, worst = max(self.runs, key=lambda run: run[1])
-        return f"≈{mean:.0%} of the machine's CPU on average over the measured runs (most: {worst:.0%}, {label})"
+        steal = sum(self.steal) / len(self.steal)
+        return (f"≈{mean:.0%} of the machine's CPU on average over the measured runs (most: {worst:.0%}, {label});"
+                f" hypervisor steal ≈{steal:.0%}")
 
     def mean(self) -> float:
         return sum(share for _, share in self.runs) / len(self.runs) if self.runs else 0.0
@@ -483,16 +496,16 @@ def redact(url: str) -> str:
 
 @dataclass
 class WrkResult:
-    requests: int
-    seconds: float
+    rps: float
     p50_ms: float
     p99_ms: float
-    errors: dict[str, int]
     cpu_us_per_request: float
 
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds if self.seconds else 0.0
+    @staticmethod
+    def median(rounds: list[WrkResult]) -> WrkResult:
+        """Each metric's median over the rounds (with one round: that round)."""
+        return WrkResult(*(statistics.median(getattr(r, name) for r in rounds)
+                           for name in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")))
 
 
 @dataclass
@@ -502,6 +515,16 @@ class StreamResult:
     rss_growth_mib: float | None = None  # the gateway worker that served the stream
     rss_growth_sum_mib: float | None = None  # summed over all gateway workers
     rss_samples: int = 0
+
+    @staticmethod
+    def median(rounds: list[StreamResult]) -> StreamResult:
+        """Median MB/s over the rounds; the largest RSS growth of any round."""
+        out = StreamResult(statistics.median(r.mb_per_s for r in rounds), statistics.median(r.seconds for r in rounds))
+        if rounds[0].rss_growth_mib is not None:
+            out.rss_growth_mib = max(r.rss_growth_mib or 0.0 for r in rounds)
+            out.rss_growth_sum_mib = max(r.rss_growth_sum_mib or 0.0 for r in rounds)
+            out.rss_samples = sum(r.rss_samples for r in rounds)
+        return out
 
 
 @dataclass
@@ -548,8 +571,8 @@ class Bench:
                               " (status = non-2xx/3xx responses)")
         if requests == 0:
             raise BenchError(f"{shlex.join(cmd)} completed no request:\n{result.stdout}")
-        return WrkResult(requests, data["duration_us"] / 1e6, data["p50_us"] / 1000, data["p99_us"] / 1000,
-                         errors, cpu / requests * 1e6)
+        return WrkResult(requests / (data["duration_us"] / 1e6), data["p50_us"] / 1000, data["p99_us"] / 1000,
+                         cpu / requests * 1e6)
 
     def stream(self, path: str, file: str, size: int) -> StreamResult:
         cmd = [self.tools["curl"], "-s", "--noproxy", "*", "--max-time", "900", "-o", "/dev/null",
@@ -704,11 +727,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="gateway workers and nginx worker_processes (default: number of cores)")
     parser.add_argument("--database-url", help="PostgreSQL server to create the run's database on")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat each scenario's (direct, nginx-proxy, gateway) sequence; report medians")
     args = parser.parse_args(argv)
     if args.seconds is None:
         args.seconds = 3.0 if args.quick else 10.0
-    if args.seconds <= 0 or args.workers < 1:
-        parser.error("--seconds and --workers must be positive")
+    if args.seconds <= 0 or args.workers < 1 or args.rounds < 1:
+        parser.error("--seconds, --workers and --rounds must be positive")
     args.stream_size = (256 if args.quick else 1024) * MIB
     return args
 
@@ -753,20 +778,27 @@ def measure(bench: Bench) -> dict[str, Any]:
         ("small_c1", "small.json", 1, 1),
         ("mib_c16", "1mib.bin", 2, 16),
     ]
+    rounds = bench.args.rounds
     for key, file, threads, connections in plan:
-        results[key] = {}
+        runs: dict[str, list[WrkResult]] = {path: [] for path in PATHS}
+        for n in range(rounds):
+            for path in PATHS:
+                label = f"{key}: {path} (wrk -t{threads} -c{connections} -d{seconds:g}s {file})"
+                print(label + (f" round {n + 1}/{rounds}" if rounds > 1 else "") + " ...", end=" ", flush=True)
+                result = bench.wrk(path, file, threads, connections, seconds)
+                runs[path].append(result)
+                print(f"{result.rps:,.0f} req/s, p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms", flush=True)
+        results[key] = {path: WrkResult.median(runs[path]) for path in PATHS}
+    streams: dict[str, list[StreamResult]] = {path: [] for path in PATHS}
+    for n in range(rounds):
         for path in PATHS:
-            print(f"{key}: {path} (wrk -t{threads} -c{connections} -d{seconds:g}s {file}) ...", end=" ", flush=True)
-            result = bench.wrk(path, file, threads, connections, seconds)
-            results[key][path] = result
-            print(f"{result.rps:,.0f} req/s, p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms", flush=True)
-    results["stream"] = {}
-    for path in PATHS:
-        print(f"stream: {path} ({bench.args.stream_size // MIB} MiB) ...", end=" ", flush=True)
-        stream = bench.stream(path, stream_file(bench.args.stream_size), bench.args.stream_size)
-        results["stream"][path] = stream
-        extra = f", RSS +{stream.rss_growth_mib:.1f} MiB" if stream.rss_growth_mib is not None else ""
-        print(f"{stream.mb_per_s:,.0f} MB/s{extra}", flush=True)
+            print(f"stream: {path} ({bench.args.stream_size // MIB} MiB)"
+                  + (f" round {n + 1}/{rounds}" if rounds > 1 else "") + " ...", end=" ", flush=True)
+            stream = bench.stream(path, stream_file(bench.args.stream_size), bench.args.stream_size)
+            streams[path].append(stream)
+            extra = f", RSS +{stream.rss_growth_mib:.1f} MiB" if stream.rss_growth_mib is not None else ""
+            print(f"{stream.mb_per_s:,.0f} MB/s{extra}", flush=True)
+    results["stream"] = {path: StreamResult.median(streams[path]) for path in PATHS}
     return results
 
 
@@ -776,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     tools = ensure_tools()
     tool_versions = versions(tools)
     load_before = loadavg()
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     tmp = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     www = files_dir(tmp)
     services: list[Service] = []
@@ -814,13 +847,14 @@ def main(argv: list[str] | None = None) -> int:
             "## gateway proxy benchmark",
             "",
             f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
-            f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}",
+            f"- date: {started}",
             f"- machine: {os.cpu_count()} cores, {platform.system()} {platform.release()};"
             f" load average before the run {load_before}, after {loadavg()}",
             f"- gateway workers: {args.workers} (nginx worker_processes: {args.workers} each);"
             f" gateway at {git_commit()}",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in tool_versions.items()),
-            f"- wrk runs of {args.seconds:g} s, back to back per scenario (direct, nginx-proxy, gateway);"
+            f"- wrk runs of {args.seconds:g} s, back to back per scenario (direct, nginx-proxy, gateway)"
+            + (f", {args.rounds} rounds of that, medians shown" if args.rounds > 1 else "") + ";"
             f" database {redact(database_url)} ({source})",
         ]
         disturbed = bench.foreign.mean() > 0.1
