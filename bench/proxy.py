@@ -12,6 +12,7 @@ and gateway's added latency over nginx-proxy), 1 MiB bodies (wrk -t2 -c16: req/s
 
     .venv/bin/python bench/proxy.py                  # full run, 10 s per wrk run, 1 GiB stream (~3 minutes)
     .venv/bin/python bench/proxy.py --quick          # smoke test: 3 s runs, 256 MiB stream
+    .venv/bin/python bench/proxy.py --rounds 3       # each scenario 3 times, interleaved; medians (less noise)
     .venv/bin/python bench/proxy.py --markdown bench.md --workers 2 --database-url postgresql://...
 
 Needs nginx, wrk and curl (installed with apt-get when missing and running as root) and a PostgreSQL:
