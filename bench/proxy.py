@@ -430,10 +430,8 @@ def start_nginx(nginx: str, name: str, prefix: Path, workers: int, body: str, po
     conf.write_text(NGINX_COMMON.format(workers=workers, prefix=prefix, user=user, body=body))
     service = start(name, [nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
                     prefix / "stdout.log")
-    try:
-        wait_for(service, lambda: port_open(port), 15, f"listening on 127.0.0.1:{port}")
-    except BenchError as exc:
-        raise BenchError(f"{exc}\n{tail(prefix / 'error.log')}") from None
+    service.log = prefix / "error.log"  # nginx reports there, also what goes wrong at startup
+    wait_for(service, lambda: port_open(port), 15, f"listening on 127.0.0.1:{port}")
     return service
 
 
@@ -869,6 +867,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except BenchError as exc:
         print(f"\nbench failed: {exc}", file=sys.stderr)
+        for service in services:
+            if not service.alive():
+                print(f"\n{service.name} had exited with {service.proc.returncode}; the end of its log:\n"
+                      f"{tail(service.log)}", file=sys.stderr)
+            elif service.name == "gateway" and args.workers > 1 and len(children(service.proc.pid)) < args.workers:
+                print(f"\ngateway has {len(children(service.proc.pid))} of {args.workers} workers left;"
+                      f" the end of its log:\n{tail(service.log)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything", file=sys.stderr)
