@@ -19,6 +19,12 @@ Needs nginx, wrk and curl (installed with apt-get when missing and running as ro
 --database-url, else GATEWAY_TEST_DATABASE_URL, else 127.0.0.1:5432 if it answers, else an embedded one.
 A fresh database bench_<random> is created for the run and dropped at the end. Every request goes to
 127.0.0.1; everything started is stopped at the end, also on Ctrl-C.
+
+The gateway runs as `python -m gateway` from this checkout's work tree (the header says which commit, and
+whether gateway/ has uncommitted changes), with GF_* variables of the calling shell removed; the data source
+is of an unknown type ("generic-http"), so it is proxied with the default rules. The upstream's files live on
+tmpfs when there is one. The CPU that other processes used during the measured runs is reported, since a
+2-core machine shared with anything else gives numbers that mean little.
 """
 
 from __future__ import annotations
