@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 
@@ -44,8 +45,9 @@ _ADMIN = {
 _SERVER_ADMIN = {"orgs:read": {"*"}, "orgs:create": {""}}
 
 
-def role_permissions(role: str, extra: Iterable[tuple[str, str]] = (), server_admin: bool = False) -> Permissions:
-    """The permissions a basic role grants, plus any fine-grained (action, scope) grants."""
+@functools.lru_cache(maxsize=1024)
+def role_permissions(role: str, extra: tuple[tuple[str, str], ...] = (), server_admin: bool = False) -> Permissions:
+    """The permissions a basic role grants, plus any fine-grained (action, scope) grants (memoised)."""
     base = {"Admin": _ADMIN, "Editor": _EDITOR, "Viewer": _VIEWER}.get(role, {})
     merged: dict[str, set[str]] = {action: set(scopes) for action, scopes in base.items()}
     if server_admin:
@@ -126,6 +128,8 @@ class Authenticator:
         self._accounts = accounts
         self._tokens = _TtlCache(config.gateway.token_cache_seconds)
         self._orgs = _TtlCache(60.0, 1000)
+        # verified admin credentials (the header value) per requested org; only successes are kept
+        self._verified = _TtlCache(60.0, 1000)
 
     def forget_token(self, hashed: str) -> None:
         """Drop a deleted token from this process's cache at once."""
@@ -140,13 +144,18 @@ class Authenticator:
         if scheme == "bearer" and credentials.strip():
             return await self._from_token(credentials.strip(), requested_org)
         if scheme == "basic" and credentials:
+            cached = self._verified.get((header, requested_org))
+            if isinstance(cached, Identity):
+                return cached
             try:
                 user, _, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 raise Unauthorized() from None
             if user == "api_key":
                 return await self._from_token(password, requested_org)
-            return await self._from_password(user, password, requested_org)
+            identity = await self._from_password(user, password, requested_org)
+            self._verified.put((header, requested_org), identity)
+            return identity
         raise Unauthorized()
 
     async def _from_password(self, user: str, password: str, requested_org: int) -> Identity:
