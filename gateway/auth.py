@@ -85,7 +85,7 @@ class Identity(msgspec.Struct, frozen=True, kw_only=True):
         scopes = self.permissions.get(action)
         if not scopes:
             return False
-        if scope is None:
+        if scope is None or scope in scopes:
             return True
         return any(scope_matches(granted, scope) for granted in scopes)
 

@@ -91,6 +91,8 @@ def clean_relative_path(path: str) -> str:
 
 def climbs_above_base(proxy_path: str) -> bool:
     """True when dot-segments (plain or percent-encoded) would leave the data source's base path."""
+    if "." not in proxy_path and "%" not in proxy_path:
+        return False
     depth = 0
     for segment in proxy_path.split("/"):
         decoded = unquote(segment)
@@ -145,30 +147,52 @@ def upstream_request(
         query = _go_encode(pairs)
     target = path + ("?" + query if query else "")
 
-    connection_listed = {token.strip().lower() for value in headers.getall("Connection", []) for token in
-                         value.split(",")}
-    out = [(name, value) for name, value in headers.items()
-           if ((lower := name.lower()) not in _REQUEST_DROP and lower not in connection_listed)
-           or (lower == "te" and value.strip().lower() == "trailers")]
-    authorization = transport.authorization
-    if ds_auth := headers.get("X-DS-Authorization"):
-        authorization = ds_auth
-    if authorization is None:
-        authorization = transport.legacy_authorization
+    # one pass over the caller's headers: drop, keep, or remember for the rules below
+    listed = _connection_tokens(headers.getall("Connection")) if "Connection" in headers else _NONE
+    custom = transport.custom_names
+    out: list[tuple[str, str]] = []
+    ds_auth = forwarded = None
+    referer = ""
+    cookies: list[str] = []
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in _REQUEST_DROP:
+            if lower == "x-ds-authorization":
+                ds_auth = value
+            elif lower == "cookie":
+                cookies.append(value)
+            elif lower == "referer":
+                referer = value
+            elif lower == "x-forwarded-for":
+                forwarded = value
+            elif lower == "te" and value.strip().lower() == "trailers":
+                out.append((name, value))
+        elif lower not in listed and lower not in custom:
+            out.append((name, value))
+    added = []
+    authorization = ds_auth or transport.authorization or transport.legacy_authorization
     if authorization is not None:
-        out.append(("Authorization", authorization))
+        added.append(("Authorization", authorization))
     if config.dataproxy.send_user_header and identity.kind == "user":
-        out.append(("X-Grafana-User", identity.login))
-    if cookie := _kept_cookies(headers.getall("Cookie", []), ds.options.get("keepCookies")):
-        out.append(("Cookie", cookie))
-    out.append(("User-Agent", config.dataproxy.user_agent or f"Grafana/{config.gateway.grafana_version}"))
-    out.append(("X-Grafana-Referer", headers.get("Referer", "")))
-    forwarded = headers.get("X-Forwarded-For")
-    out.append(("X-Forwarded-For", f"{forwarded}, {client_ip}" if forwarded else client_ip))
-    for name in {name.lower() for name, _ in transport.custom_headers}:
-        out = [(n, v) for n, v in out if n.lower() != name]
-    out.extend(transport.custom_headers)  # a custom "Host" replaces the upstream Host, as Grafana
+        added.append(("X-Grafana-User", identity.login))
+    if cookies and (cookie := _kept_cookies(cookies, ds.options.get("keepCookies"))):
+        added.append(("Cookie", cookie))
+    added.append(("User-Agent", config.dataproxy.user_agent or f"Grafana/{config.gateway.grafana_version}"))
+    added.append(("X-Grafana-Referer", referer))
+    added.append(("X-Forwarded-For", f"{forwarded}, {client_ip}" if forwarded else client_ip))
+    if custom:  # configured headers replace everything of the same name, as Grafana's middleware
+        added = [(name, value) for name, value in added if name.lower() not in custom]
+        added.extend(transport.custom_headers)  # a custom "Host" replaces the upstream Host, as Grafana
+    out.extend(added)
     return target, out
+
+
+_NONE: frozenset[str] = frozenset()
+
+
+def _connection_tokens(values: Sequence[str]) -> frozenset[str]:
+    """Header names listed in Connection (they are hop-by-hop too)."""
+    return frozenset(token.strip().lower() for value in values for token in value.split(","))
 
 
 def _go_encode(pairs: Sequence[tuple[str, str]]) -> str:
@@ -257,12 +281,18 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, config: Confi
     if limit and upstream.content_length is not None and upstream.content_length > limit:
         upstream.abort()
         raise UpstreamTooLarge()
-    connection_listed = {token.strip().lower() for name, value in upstream.headers if name.lower() == "connection"
-                         for token in value.split(",")}
-    headers = CIMultiDict(
-        (name, value) for name, value in upstream.headers
-        if (lower := name.lower()) not in _RESPONSE_DROP and lower not in connection_listed
-    )
+    kept: list[tuple[str, str]] = []
+    listed: list[str] = []
+    for name, value in upstream.headers:
+        lower = name.lower()
+        if lower in _RESPONSE_DROP:
+            if lower == "connection":
+                listed.append(value)
+        else:
+            kept.append((name, value))
+    if listed and (tokens := _connection_tokens(listed) - HOP_BY_HOP):
+        kept = [(name, value) for name, value in kept if name.lower() not in tokens]
+    headers = CIMultiDict(kept)
     headers.update(_SECURITY_HEADERS)
     length = upstream.content_length
     if length is not None and length <= SMALL_BODY and request.method != "HEAD":

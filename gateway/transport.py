@@ -79,6 +79,7 @@ class Transport:
             )
         self.authorization = _authorization(ds, secrets)
         self.custom_headers = _custom_headers(ds, secrets)
+        self.custom_names = frozenset(name.lower() for name, _ in self.custom_headers)
         self.legacy_authorization = (
             basic(ds.user, secrets.get("password", "")) if not ds.basic_auth and ds.user else None
         )
@@ -93,8 +94,7 @@ class Transport:
         out = list(headers)
         if self.authorization or self.legacy_authorization:
             out.append(("Authorization", self.authorization or self.legacy_authorization or ""))
-        names = {name.lower() for name, _ in self.custom_headers}
-        out = [(n, v) for n, v in out if n.lower() not in names] + self.custom_headers
+        out = [(n, v) for n, v in out if n.lower() not in self.custom_names] + self.custom_headers
         target = join_path(self.base_path, path) + ("?" + query if query else "")
         response = await self.pool.request(method, target, out, body, header_timeout=self.header_timeout,
                                            read_timeout=self.header_timeout)
