@@ -27,6 +27,8 @@ log = logging.getLogger("gateway")
 CHANNEL = "gateway_datasource"
 MAX_ENTRIES = 10_000
 UNTRUSTED_TTL = 1.0
+# seconds a replaced transport stays open for the requests that already hold it
+RETIRE_GRACE = 10.0
 
 
 class Entry:
@@ -68,6 +70,8 @@ class DataSourceCache:
         self._listener: Any = None
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        self._retiring: dict[int, tuple[asyncio.TimerHandle, Entry]] = {}
+        self._loading: dict[tuple[str, int, object], asyncio.Task[Entry]] = {}
         store.listeners.append(self.invalidate)
 
     @property
@@ -76,13 +80,24 @@ class DataSourceCache:
         return self._listening
 
     async def get(self, org_id: int, *, id: int | None = None, uid: str | None = None) -> Entry:
-        """The data source by id or uid, from memory when possible; DataSourceNotFound otherwise."""
+        """The data source by id or uid, from memory when possible; DataSourceNotFound otherwise.
+
+        Concurrent misses for one key share a single load (no stampede on Postgres).
+        """
         key = ("id", org_id, id) if id is not None else ("uid", org_id, uid)
         entry = self._entries.get(key)
         if entry is not None:
             if entry.expires > time.monotonic():
                 return entry
-            self.invalidate(entry.ds.org_id, entry.ds.id, entry.ds.uid)
+            self._drop(entry)
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_task(self._load(key, org_id, id, uid))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        return await asyncio.shield(loading)
+
+    async def _load(self, key: tuple[str, int, object], org_id: int, id: int | None, uid: str | None) -> Entry:
         generation = self._generation
         ds = await self._store.get_data_source(org_id, id=id, uid=uid)
         trusted = self._listening and generation == self._generation
@@ -90,30 +105,38 @@ class DataSourceCache:
         entry = Entry(ds, self._box.open_all(ds.secure_json_data), self._proxy, expires)
         if len(self._entries) >= MAX_ENTRIES:
             self.clear()
-        for old in (self._entries.get(("id", ds.org_id, ds.id)), self._entries.get(("uid", ds.org_id, ds.uid))):
-            if old is not None:
-                self._close_later(old)
-        self._entries[("id", ds.org_id, ds.id)] = entry
-        self._entries[("uid", ds.org_id, ds.uid)] = entry
+        for old_key in (("id", ds.org_id, ds.id), ("uid", ds.org_id, ds.uid)):
+            old = self._entries.get(old_key)
+            if old is not None and old is not entry:
+                self._drop(old)
+            self._entries[old_key] = entry
         return entry
 
     def invalidate(self, org_id: int, ds_id: int, uid: str) -> None:
-        """Forget one data source and close its transport once in-flight requests finish."""
+        """Forget one data source (it changed); loads in flight are used once but not trusted."""
         self._generation += 1
         for key in (("id", org_id, ds_id), ("uid", org_id, uid)):
-            entry = self._entries.pop(key, None)
+            entry = self._entries.get(key)
             if entry is not None:
-                self._close_later(entry)
+                self._drop(entry)
 
     def clear(self) -> None:
         """Forget everything."""
         self._generation += 1
-        entries = {id(e): e for e in self._entries.values()}
-        self._entries.clear()
-        for entry in entries.values():
-            self._close_later(entry)
+        for entry in {id(e): e for e in self._entries.values()}.values():
+            self._drop(entry)
 
-    def _close_later(self, entry: Entry) -> None:
+    def _drop(self, entry: Entry) -> None:
+        """Remove an entry; its transport closes after a grace period, so requests that already
+        hold it still complete (and the proxy retries once on a closed pool anyway)."""
+        for key in (("id", entry.ds.org_id, entry.ds.id), ("uid", entry.ds.org_id, entry.ds.uid)):
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+        handle = asyncio.get_running_loop().call_later(RETIRE_GRACE, self._close_now, entry)
+        self._retiring[id(entry)] = (handle, entry)
+
+    def _close_now(self, entry: Entry) -> None:
+        self._retiring.pop(id(entry), None)
         task = asyncio.get_running_loop().create_task(entry.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -168,5 +191,8 @@ class DataSourceCache:
             await self._listener.close()
         self._listening = False
         self.clear()
+        for handle, entry in list(self._retiring.values()):
+            handle.cancel()
+            self._close_now(entry)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
