@@ -75,7 +75,7 @@ class Transport:
                 self.host, self.port, ssl=self.tls,
                 server_hostname=self.server_name, connect_timeout=proxy.dial_timeout,
                 max_conns=proxy.max_conns_per_host, max_idle=proxy.max_idle_connections,
-                idle_timeout=proxy.idle_conn_timeout_seconds,
+                idle_timeout=proxy.idle_conn_timeout_seconds, keepalive=proxy.keep_alive_seconds,
             )
         self.authorization = _authorization(ds, secrets)
         self.custom_headers = _custom_headers(ds, secrets)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket as _socket
 import ssl as _ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
@@ -49,6 +50,16 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _HttpParserErrors = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
+def _set_keepalive(sock: Any, seconds: int) -> None:
+    """TCP keep-alive probes after `seconds` idle, as Go's dialer KeepAlive ([dataproxy] keep_alive_seconds)."""
+    if sock is None:
+        return
+    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+    for option in ("TCP_KEEPIDLE", "TCP_KEEPINTVL"):
+        if hasattr(_socket, option):
+            sock.setsockopt(_socket.IPPROTO_TCP, getattr(_socket, option), seconds)
+
+
 class _Conn(asyncio.BufferedProtocol):
     """One upstream connection; it parses into whichever response currently owns it."""
 
@@ -85,6 +96,8 @@ class _Conn(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
+        if self._pool._keepalive > 0:
+            _set_keepalive(transport.get_extra_info("socket"), self._pool._keepalive)
         self.opened = True
         self._pool._nopen += 1
 
@@ -559,6 +572,7 @@ class UpstreamPool:
         "_host_line",
         "_idle",
         "_idle_timeout",
+        "_keepalive",
         "_loop",
         "_max_conns",
         "_max_idle",
@@ -585,8 +599,10 @@ class UpstreamPool:
         max_idle: int = 100,
         idle_timeout: float = 90.0,
         read_buffer: int = 1 << 20,
+        keepalive: float = 0.0,
     ) -> None:
         self._host = host
+        self._keepalive = int(keepalive)
         self._port = port
         self._ssl = ssl
         self._server_hostname = server_hostname if ssl is not None else None

@@ -483,3 +483,18 @@ async def test_tls_options_from_json_data_and_secure_json_data(client, aiohttp_s
     response = await client.get("/api/datasources/proxy/uid/bad/x", headers=ADMIN)
     assert response.status == 400
     assert await response.json() == {"message": "Unable to load TLS certificate", "traceID": ""}
+
+
+async def test_upstream_sockets_use_tcp_keep_alive(client, upstream):
+    import socket as socket_module
+
+    from gateway.keys import cache_key
+
+    _, url = upstream
+    await add(client, url)
+    assert (await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)).status == 200
+    entry = await client.app[cache_key].get(1, uid="up")
+    conn = entry.transport.pool._idle[0]
+    sock = conn.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket_module.SOL_SOCKET, socket_module.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_KEEPIDLE) == 30
