@@ -193,6 +193,11 @@ async def test_orgs_and_service_accounts_api_shapes(client):
     assert (await client.post("/api/serviceaccounts", json={"name": "x"}, headers=bearer)).status == 401
     response = await client.post("/api/serviceaccounts", json={"name": "x", "role": "King"}, headers=ADMIN)
     assert response.status == 400
+    response = await client.post(f"/api/serviceaccounts/{sa['id']}/tokens",
+                                 json={"name": "forever", "secondsToLive": 10**20}, headers=ADMIN)
+    assert response.status == 400  # out of range is a client mistake, not a 500
+    response = await client.post("/api/serviceaccounts/424242/tokens", json={"name": "x"}, headers=ADMIN)
+    assert response.status == 404
     viewer = await client.post(f"/api/serviceaccounts/{sa['id']}/tokens", json={"name": "t2"}, headers=ADMIN)
     viewer_headers = {"Authorization": f"Bearer {(await viewer.json())['key']}"}
     assert (await client.post("/api/orgs", json={"name": "x"}, headers=viewer_headers)).status == 403

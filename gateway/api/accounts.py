@@ -14,6 +14,8 @@ from gateway.keys import accounts_key, authenticator_key, identity_key
 from gateway.models import bind
 from gateway.wire import json_response
 
+MAX_SECONDS_TO_LIVE = 100 * 365 * 24 * 3600
+
 
 class CreateOrgCommand(msgspec.Struct, kw_only=True):
     name: str = ""
@@ -92,7 +94,7 @@ async def create_token(request: web.Request) -> web.Response:
     sa_id = _id(request, "id")
     require(identity, "serviceaccounts:write", f"serviceaccounts:id:{sa_id}")
     cmd = bind(await request.read(), request.content_type, AddTokenCommand)
-    if not cmd.name.strip() or cmd.seconds_to_live < 0:
+    if not cmd.name.strip() or not 0 <= cmd.seconds_to_live <= MAX_SECONDS_TO_LIVE:
         raise BadRequestData()
     token_id, name, key = await request.app[accounts_key].create_token(
         identity.org_id, sa_id, cmd.name, cmd.seconds_to_live,
