@@ -74,11 +74,6 @@ class DataSourceCache:
         self._loading: dict[tuple[str, int, object], asyncio.Task[Entry]] = {}
         store.listeners.append(self.invalidate)
 
-    @property
-    def listening(self) -> bool:
-        """True while changes from every replica reach this one (and so entries are cached)."""
-        return self._listening
-
     async def get(self, org_id: int, *, id: int | None = None, uid: str | None = None) -> Entry:
         """The data source by id or uid, from memory when possible; DataSourceNotFound otherwise.
 

@@ -237,13 +237,13 @@ async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
     if match is None:
         raise GatewayError("Not found", status=404)
     reference, proxy_path = match.group(1), raw_path[match.end():]
+    if climbs_above_base(proxy_path):
+        raise ProxyError("Invalid proxy path: dot-segments may not climb above the data source URL", status=400)
     config = request.app[config_key]
     body = _body(request) if request.body_exists else None
     for attempt in (1, 2):
         entry = await query_entry(request, identity, reference, not_found="Unable to find datasource")
         ds, transport = entry.ds, entry.transport
-        if climbs_above_base(proxy_path):
-            raise ProxyError("Invalid proxy path: dot-segments may not climb above the data source URL", status=400)
         validate_request(ds, identity, request.method, proxy_path, transport,
                          config.security.data_source_proxy_whitelist)
         if transport.pool is None:

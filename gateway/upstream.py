@@ -156,23 +156,23 @@ class _Conn(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         """Close gracefully (used for idle connections)."""
-        if not self.closed:
-            self.closed = True
-            self.resp = None
-            opened = self.opened
-            self._pool._forget(self)
-            if opened:
-                self.transport.close()
+        self._shut(graceful=True)
 
     def abort(self) -> None:
         """Close at once, discarding unsent data (used for connections in an unknown state)."""
+        self._shut(graceful=False)
+
+    def _shut(self, *, graceful: bool) -> None:
         if not self.closed:
             self.closed = True
             self.resp = None
             opened = self.opened
             self._pool._forget(self)
             if opened:
-                self.transport.abort()
+                if graceful:
+                    self.transport.close()
+                else:
+                    self.transport.abort()
 
 
 class UpstreamResponse:

@@ -11,11 +11,6 @@ from aiohttp import web
 _encoder = msgspec.json.Encoder(order="deterministic")
 
 
-def encode(value: Any) -> bytes:
-    """Encode a response body once."""
-    return _encoder.encode(value)
-
-
 def json_response(value: Any, status: int = 200) -> web.Response:
     """A JSON response with Grafana's content type."""
     return web.Response(body=_encoder.encode(value), status=status, content_type="application/json")

@@ -8,8 +8,9 @@ import msgspec
 from aiohttp import web
 
 from gateway.accounts import ROLES
+from gateway.api.datasources import parse_id
 from gateway.auth import require
-from gateway.errors import BadRequestData, IdInvalid
+from gateway.errors import BadRequestData
 from gateway.keys import accounts_key, authenticator_key, identity_key
 from gateway.models import bind
 from gateway.wire import json_response
@@ -33,10 +34,7 @@ class AddTokenCommand(msgspec.Struct, kw_only=True, rename="camel"):
 
 
 def _id(request: web.Request, name: str) -> int:
-    try:
-        return int(request.match_info[name])
-    except ValueError:
-        raise IdInvalid(trace=True) from None
+    return parse_id(request.match_info[name], trace=True)
 
 
 async def get_orgs(request: web.Request) -> web.Response:

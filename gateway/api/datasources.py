@@ -64,7 +64,8 @@ def list_item(ds: DataSource) -> DataSourceListItem:
     )
 
 
-def _parse_id(raw: str, *, trace: bool) -> int:
+def parse_id(raw: str, *, trace: bool) -> int:
+    """A path id as Grafana parses it (base-10 int64), or 400 "id is invalid"."""
     try:
         value = int(raw, 10)
     except ValueError:
@@ -178,7 +179,7 @@ async def get_data_source_by_id(request: web.Request) -> web.Response:
     """GET /api/datasources/:id (deprecated in Grafana, still served)."""
     raw = request.match_info["id"]
     identity = await authorize(request, "datasources:read", f"datasources:id:{raw}")
-    ds_id = _parse_id(raw, trace=False)
+    ds_id = parse_id(raw, trace=False)
     if ds_id == 0:
         raise GatewayError("Datasource id is missing", status=400)
     ds = await request.app[store_key].get_data_source(identity.org_id, id=ds_id)
@@ -251,7 +252,7 @@ async def update_data_source_by_id(request: web.Request) -> web.Response:
     raw = request.match_info["id"]
     identity = await authorize(request, "datasources:write", f"datasources:id:{raw}")
     cmd = _bind_update(await request.read(), request.content_type)
-    return await _update(request, identity, cmd, id=_parse_id(raw, trace=True))
+    return await _update(request, identity, cmd, id=parse_id(raw, trace=True))
 
 
 async def update_data_source_by_uid(request: web.Request) -> web.Response:
@@ -266,7 +267,7 @@ async def delete_data_source_by_id(request: web.Request) -> web.Response:
     """DELETE /api/datasources/:id -> {"message": "Data source deleted"} (no id, as Grafana)."""
     raw = request.match_info["id"]
     identity = await authorize(request, "datasources:delete", f"datasources:id:{raw}")
-    ds_id = _parse_id(raw, trace=True)
+    ds_id = parse_id(raw, trace=True)
     if ds_id <= 0:
         raise GatewayError("Missing valid datasource id", status=400)
     await request.app[store_key].delete_data_source(identity.org_id, id=ds_id)

@@ -88,10 +88,6 @@ SELECT 1 FROM data_source WHERE org_id = $1 AND name = $2 AND id <> $3;
 -- $1 org id, $2 id -> the id when a row was deleted.
 DELETE FROM data_source WHERE org_id = $1 AND id = $2 RETURNING id;
 
--- name: list_all_secure_json_data
--- Every data source's sealed secrets (secret rotation and tests).
-SELECT id, secure_json_data FROM data_source ORDER BY id;
-
 -- name: notify_data_source_changed
 -- $1 "org_id:id:uid". Sent on commit to every replica's cache (gateway/cache.py CHANNEL).
 SELECT pg_notify('gateway_datasource', $1);
