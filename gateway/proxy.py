@@ -326,7 +326,10 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, config: Confi
         if request.transport is not None:
             request.transport.abort()
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
+        upstream.abort()  # the client went away mid-body: nothing left to tell it
+        return response
+    except asyncio.CancelledError:
         upstream.abort()
         raise
     upstream.release()

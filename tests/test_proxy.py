@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import socket
 from typing import Any
@@ -27,6 +28,7 @@ class Recorder:
         self.requests: list[dict[str, Any]] = []
         self.started: asyncio.Event = asyncio.Event()
         self.cancelled: asyncio.Event = asyncio.Event()
+        self.stream_cut: asyncio.Event = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read() if request.path != "/upload" else b""
@@ -62,8 +64,12 @@ class Recorder:
             await response.prepare(request)
             size = int(request.query.get("mib", "1"))
             chunk = os.urandom(1 << 16)
-            for _ in range(size * 16):
-                await response.write(chunk)
+            try:
+                for _ in range(size * 16):
+                    await response.write(chunk)
+            except (ConnectionResetError, asyncio.CancelledError):
+                self.stream_cut.set()
+                raise
             await response.write_eof()
             return response
         if path == "/gib":
@@ -346,6 +352,17 @@ async def test_client_disconnect_cancels_the_upstream_call_at_once(client, upstr
     await asyncio.wait_for(recorder.started.wait(), 5)
     request.cancel()
     await asyncio.wait_for(recorder.cancelled.wait(), 5)
+
+
+async def test_client_leaving_mid_body_ends_the_upstream_stream_quietly(client, upstream, caplog):
+    recorder, url = upstream
+    await add(client, url)
+    response = await client.get("/api/datasources/proxy/uid/up/stream?mib=1024", headers=ADMIN)
+    assert response.status == 200 and await response.content.readany()
+    response.close()  # drops the connection with most of the body unsent
+    await asyncio.wait_for(recorder.stream_cut.wait(), 5)
+    await asyncio.sleep(0.1)
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
 async def test_upload_is_streamed_up(client, upstream):
