@@ -23,7 +23,7 @@ from gateway.errors import GatewayError
 from gateway.keys import client_key, config_key
 from gateway.models import DataSource
 from gateway.transport import Transport, join_path
-from gateway.upstream import UpstreamError, UpstreamResponse, UpstreamTimeout
+from gateway.upstream import UpstreamError, UpstreamPoolClosed, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger("gateway.proxy")
 
@@ -260,11 +260,13 @@ async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
                 header_timeout=transport.header_timeout, read_timeout=config.gateway.proxy_idle_read_timeout,
             )
             break
+        except UpstreamPoolClosed:
+            if attempt == 1:
+                continue  # the data source changed as this request started; nothing was sent: use the new one
+            raise UpstreamUnavailable() from None
         except UpstreamTimeout:
             raise UpstreamTimedOut() from None
         except UpstreamError as error:
-            if transport.pool.closed and attempt == 1:
-                continue  # the data source changed while this request started: use the new transport
             log.warning("proxy request to data source %s failed: %s", ds.uid, type(error).__name__)
             raise UpstreamUnavailable() from None
     return await _relay(request, upstream, config)

@@ -31,6 +31,10 @@ class UpstreamConnectError(UpstreamError):
     """The connection (TCP, DNS or TLS handshake) to the upstream could not be established."""
 
 
+class UpstreamPoolClosed(UpstreamError):
+    """The pool was closed before the request was sent; nothing reached the upstream."""
+
+
 class UpstreamTimeout(UpstreamError):
     """Connecting, waiting for the response head or waiting for body bytes took too long."""
 
@@ -40,6 +44,8 @@ class UpstreamProtocolError(UpstreamError):
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_IDEMPOTENCY_KEYS = frozenset({"idempotency-key", "x-idempotency-key"})
 # Lengths of "host", "connection", "content-length" and "transfer-encoding": only those names need lower().
 _SPECIAL_NAME_LENGTHS = frozenset({4, 10, 14, 17})
 _SMALL_BODY = 64 * 1024
@@ -562,6 +568,11 @@ class UpstreamResponse:
             self.abort()
 
 
+def _replayable(method: str, headers: Sequence[tuple[str, str]]) -> bool:
+    """Go's Request.isReplayable: a safe method, or an idempotency key that lets the upstream deduplicate."""
+    return method in _SAFE_METHODS or any(name.lower() in _IDEMPOTENCY_KEYS for name, _ in headers)
+
+
 class UpstreamPool:
     """Keep-alive HTTP/1.1 connection pool for one upstream origin (scheme, host, port)."""
 
@@ -634,11 +645,6 @@ class UpstreamPool:
         """Number of idle keep-alive connections ready for reuse."""
         return len(self._idle)
 
-    @property
-    def closed(self) -> bool:
-        """True once close() was called: request() refuses from then on."""
-        return self._closed
-
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         if loop is None:
@@ -658,7 +664,7 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send one request and return once the response head has arrived."""
         if self._closed:
-            raise UpstreamError("upstream pool is closed")
+            raise UpstreamPoolClosed("upstream pool is closed")
         payload: bytes | None = None
         stream: AsyncIterable[bytes] | None = None
         if body is None:
@@ -686,7 +692,10 @@ class UpstreamPool:
             conn, method, head, payload, stream, content_length, header_timeout, read_timeout, reuse_ok
         )
         if resp is None:
-            # A reused connection died before answering (the upstream closed it while idle): retry once.
+            # A reused connection died before answering (the upstream closed it while idle). The upstream
+            # may still have acted on it, so, as Go's transport, only a replayable request is sent again.
+            if not _replayable(method, headers):
+                raise UpstreamProtocolError("upstream closed a reused connection before sending a response")
             conn = await self._acquire(fresh=True)
             resp = await self._exchange(
                 conn, method, head, payload, stream, content_length, header_timeout, read_timeout, reuse_ok
@@ -790,7 +799,7 @@ class UpstreamPool:
         deadline = loop.time() + self._connect_timeout
         while True:
             if self._closed:
-                raise UpstreamError("upstream pool is closed")
+                raise UpstreamPoolClosed("upstream pool is closed")
             max_conns = self._max_conns
             if fresh and max_conns and self._nconns >= max_conns and self._idle:
                 self._idle[0].close()
@@ -842,7 +851,7 @@ class UpstreamPool:
             raise
         if self._closed:
             conn.abort()
-            raise UpstreamError("upstream pool is closed")
+            raise UpstreamPoolClosed("upstream pool is closed")
         return conn
 
     def _give_back(self, got: _Conn | None) -> None:
@@ -923,6 +932,6 @@ class UpstreamPool:
         while waiters:
             waiter = waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(UpstreamError("upstream pool is closed"))
+                waiter.set_exception(UpstreamPoolClosed("upstream pool is closed"))
         # Let the transports deliver connection_lost before the caller moves on.
         await asyncio.sleep(0)

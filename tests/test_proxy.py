@@ -17,6 +17,7 @@ from gateway.app import create_app
 from gateway.proxy import clean_relative_path, climbs_above_base
 from gateway.transport import join_path
 from tests.conftest import ADMIN, make_config
+from tests.tls import TestCA, make_tls
 
 SECRET = "upstream-pass-9f3"
 
@@ -473,8 +474,6 @@ async def test_websocket_upgrade_is_bridged_when_the_upstream_accepts_it(client,
 
 
 async def test_tls_options_from_json_data_and_secure_json_data(client, aiohttp_server, tmp_path):
-    from tests.test_upstream import make_tls
-
     server_tls, ca_pem = make_tls(tmp_path)
     app = web.Application()
     async def answer(request: web.Request) -> web.Response:
@@ -498,6 +497,39 @@ async def test_tls_options_from_json_data_and_secure_json_data(client, aiohttp_s
     await add(client, url, name="bad", uid="bad", jsonData={"tlsAuthWithCACert": True},
               secureJsonData={"tlsCACert": "-----BEGIN CERTIFICATE-----\nnot a cert\n-----END CERTIFICATE-----\n"})
     response = await client.get("/api/datasources/proxy/uid/bad/x", headers=ADMIN)
+    assert response.status == 400
+    assert await response.json() == {"message": "Unable to load TLS certificate", "traceID": ""}
+
+
+async def test_client_certificate_from_secure_json_data(client, aiohttp_server, tmp_path):
+    ca = TestCA()
+    app = web.Application()
+
+    async def answer(request: web.Request) -> web.Response:
+        subject = dict(pair[0] for pair in request.transport.get_extra_info("peercert")["subject"])
+        return web.json_response({"client": subject["commonName"]})
+
+    app.router.add_get("/x", answer)
+    server = await aiohttp_server(app, ssl=ca.server_context(tmp_path, require_client_cert=True))
+    url = f"https://127.0.0.1:{server.port}"
+    cert, key = ca.issue("gateway-client", client=True)
+    await add(client, url, name="mtls", uid="mtls", jsonData={"tlsAuth": True, "tlsAuthWithCACert": True},
+              secureJsonData={"tlsCACert": ca.pem, "tlsClientCert": cert, "tlsClientKey": key})
+    response = await client.get("/api/datasources/proxy/uid/mtls/x", headers=ADMIN)
+    assert response.status == 200 and await response.json() == {"client": "gateway-client"}
+    listed = await (await client.get("/api/datasources/uid/mtls", headers=ADMIN)).json()
+    assert key not in str(listed) and listed["secureJsonFields"]["tlsClientKey"] is True
+    # the server refuses the handshake without a client certificate; a key of another CA does not help
+    await add(client, url, name="nocert", uid="nocert", jsonData={"tlsAuthWithCACert": True},
+              secureJsonData={"tlsCACert": ca.pem})
+    assert (await client.get("/api/datasources/proxy/uid/nocert/x", headers=ADMIN)).status == 502
+    other_cert, other_key = TestCA("another CA").issue("gateway-client", client=True)
+    await add(client, url, name="other", uid="other", jsonData={"tlsAuth": True, "tlsAuthWithCACert": True},
+              secureJsonData={"tlsCACert": ca.pem, "tlsClientCert": other_cert, "tlsClientKey": other_key})
+    assert (await client.get("/api/datasources/proxy/uid/other/x", headers=ADMIN)).status == 502
+    await add(client, url, name="badkey", uid="badkey", jsonData={"tlsAuth": True, "tlsAuthWithCACert": True},
+              secureJsonData={"tlsCACert": ca.pem, "tlsClientCert": cert, "tlsClientKey": other_key})
+    response = await client.get("/api/datasources/proxy/uid/badkey/x", headers=ADMIN)
     assert response.status == 400
     assert await response.json() == {"message": "Unable to load TLS certificate", "traceID": ""}
 
