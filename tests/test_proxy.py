@@ -547,3 +547,34 @@ async def test_upstream_sockets_use_tcp_keep_alive(client, upstream):
     sock = conn.transport.get_extra_info("socket")
     assert sock.getsockopt(socket_module.SOL_SOCKET, socket_module.SO_KEEPALIVE) == 1
     assert sock.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_KEEPIDLE) == 30
+
+
+async def test_dataproxy_pool_settings_and_user_agent_reach_the_upstream(aiohttp_client, database_url,
+                                                                         aiohttp_server):
+    seen: dict[str, Any] = {"peers": set(), "busy": 0, "most": 0, "agents": set()}
+
+    async def slow(request: web.Request) -> web.Response:
+        seen["peers"].add(request.transport.get_extra_info("peername"))
+        seen["agents"].add(request.headers.get("User-Agent"))
+        seen["busy"] += 1
+        seen["most"] = max(seen["most"], seen["busy"])
+        await asyncio.sleep(0.05)
+        seen["busy"] -= 1
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    server = await aiohttp_server(app)
+    client = await aiohttp_client(create_app(make_config(database_url, dataproxy={
+        "max_conns_per_host": 2, "idle_conn_timeout_seconds": 0.3, "user_agent": "gw-test/1"})))
+    await add(client, f"http://127.0.0.1:{server.port}")
+    responses = await asyncio.gather(*(client.get("/api/datasources/proxy/uid/up/slow", headers=ADMIN)
+                                       for _ in range(8)))
+    assert [response.status for response in responses] == [200] * 8
+    assert seen["most"] == 2 and len(seen["peers"]) == 2 and seen["agents"] == {"gw-test/1"}
+    # idle connections are reused within idle_conn_timeout_seconds and closed after it
+    assert (await client.get("/api/datasources/proxy/uid/up/slow", headers=ADMIN)).status == 200
+    assert len(seen["peers"]) == 2
+    await asyncio.sleep(0.5)
+    assert (await client.get("/api/datasources/proxy/uid/up/slow", headers=ADMIN)).status == 200
+    assert len(seen["peers"]) == 3
