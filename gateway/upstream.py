@@ -32,7 +32,7 @@ class UpstreamConnectError(UpstreamError):
 
 
 class UpstreamPoolClosed(UpstreamError):
-    """The pool was closed before the request was sent; nothing reached the upstream."""
+    """The pool was closed before the request could be sent on it."""
 
 
 class UpstreamTimeout(UpstreamError):

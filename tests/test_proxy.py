@@ -578,3 +578,15 @@ async def test_dataproxy_pool_settings_and_user_agent_reach_the_upstream(aiohttp
     await asyncio.sleep(0.5)
     assert (await client.get("/api/datasources/proxy/uid/up/slow", headers=ADMIN)).status == 200
     assert len(seen["peers"]) == 3
+
+
+async def test_a_closed_pool_is_a_502_not_a_500(client, upstream):
+    from gateway.keys import cache_key
+
+    _, url = upstream
+    await add(client, url)
+    assert (await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)).status == 200
+    entry = await client.app[cache_key].get(1, uid="up")
+    await entry.transport.close()  # as a replaced transport is, once its grace period is over
+    response = await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)
+    assert response.status == 502 and "message" in await response.json()
