@@ -9,7 +9,7 @@ import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl, quote_plus, unquote, urlencode
+from urllib.parse import parse_qsl, quote_plus, unquote, unquote_plus, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -81,6 +81,35 @@ class UpstreamTimedOut(GatewayError):
 
 class UpstreamTooLarge(GatewayError):
     status, message = 502, "Bad Gateway: the data source's response exceeds [dataproxy] response_limit"
+
+
+_HIDDEN_QUERY_KEYS = frozenset({"auth_token", "x-amz-signature", "x-goog-signature"})
+
+
+def sanitize_uri(raw_path: str, raw_query: str) -> str:
+    """Grafana's SanitizeURI, for logs: the values of token and signature query parameters become `hidden`
+    (`sig` only beside `sv`, as in an Azure SAS). Keys match case-insensitively; the rest stays as sent.
+    """
+    if not raw_query:
+        return raw_path
+    pairs = [(unquote_plus(pair.partition("=")[0]).lower(), pair) for pair in raw_query.split("&")]
+    hidden = _HIDDEN_QUERY_KEYS | ({"sig"} if any(key == "sv" for key, _ in pairs) else set())
+    query = "&".join(f"{pair.partition('=')[0]}=hidden" if key in hidden else pair for key, pair in pairs)
+    return f"{raw_path}?{query}"
+
+
+def _log_request(request: web.Request, identity: Identity, ds: DataSource, raw_path: str, raw_query: str) -> None:
+    """[dataproxy] logging: Grafana's "Proxying incoming request" line, without the body (never buffered)."""
+    log.info(
+        "Proxying incoming request userid=%d orgid=%d username=%s datasource=%s uri=%s method=%s panelPluginId=%s",
+        identity.id, identity.org_id, _quoted(identity.login), _quoted(ds.type),
+        _quoted(sanitize_uri(raw_path, raw_query)), request.method,
+        _quoted(request.headers.get("X-Panel-Plugin-Id", "")),
+    )
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def clean_relative_path(path: str) -> str:
@@ -248,6 +277,8 @@ async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
                          config.security.data_source_proxy_whitelist)
         if transport.pool is None:
             raise UpstreamUnavailable("Bad Gateway: the data source has no host in its URL")
+        if config.dataproxy.logging and attempt == 1:
+            _log_request(request, identity, ds, raw_path, raw_query)
         target, headers = upstream_request(
             ds, entry.secrets, transport, config, identity, proxy_path, raw_query, request.headers,
             request.remote or "",

@@ -74,6 +74,7 @@ class Transport:
             self.pool = UpstreamPool(
                 self.host, self.port, ssl=self.tls,
                 server_hostname=self.server_name, connect_timeout=proxy.dial_timeout,
+                tls_handshake_timeout=proxy.tls_handshake_timeout_seconds,
                 max_conns=proxy.max_conns_per_host, max_idle=proxy.max_idle_connections,
                 idle_timeout=proxy.idle_conn_timeout_seconds, keepalive=proxy.keep_alive_seconds,
             )

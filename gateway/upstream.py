@@ -606,6 +606,7 @@ class UpstreamPool:
         ssl: _ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         connect_timeout: float = 10.0,
+        tls_handshake_timeout: float = 10.0,
         max_conns: int = 0,
         max_idle: int = 100,
         idle_timeout: float = 90.0,
@@ -617,7 +618,8 @@ class UpstreamPool:
         self._port = port
         self._ssl = ssl
         self._server_hostname = server_hostname if ssl is not None else None
-        self._connect_timeout = connect_timeout
+        # Go's transport gives dialing and the TLS handshake a budget each; here they share one deadline
+        self._connect_timeout = connect_timeout + (tls_handshake_timeout if ssl is not None else 0.0)
         self._max_conns = max_conns
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout

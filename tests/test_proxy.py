@@ -14,7 +14,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.app import create_app
-from gateway.proxy import clean_relative_path, climbs_above_base
+from gateway.proxy import clean_relative_path, climbs_above_base, sanitize_uri
 from gateway.transport import join_path
 from tests.conftest import ADMIN, make_config
 from tests.tls import TestCA, make_tls
@@ -590,3 +590,30 @@ async def test_a_closed_pool_is_a_502_not_a_500(client, upstream):
     await entry.transport.close()  # as a replaced transport is, once its grace period is over
     response = await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)
     assert response.status == 502 and "message" in await response.json()
+
+
+def test_sanitize_uri_hides_tokens_and_signatures():
+    assert sanitize_uri("/p", "") == "/p"
+    assert sanitize_uri("/p", "q=up&auth_token=t1&X-Amz-Signature=s2&x-goog-signature=s3") == (
+        "/p?q=up&auth_token=hidden&X-Amz-Signature=hidden&x-goog-signature=hidden")
+    assert sanitize_uri("/p", "sig=s4") == "/p?sig=s4"  # only an Azure SAS (sv beside it) is a signature
+    assert sanitize_uri("/p", "sv=2020&sig=s4&a%5Fb=1") == "/p?sv=2020&sig=hidden&a%5Fb=1"
+    assert sanitize_uri("/p", "auth%5Ftoken=t5&flag") == "/p?auth%5Ftoken=hidden&flag"
+
+
+async def test_dataproxy_logging_logs_each_request_without_secrets(aiohttp_client, database_url, upstream, caplog):
+    _, url = upstream
+    caplog.set_level(logging.INFO, logger="gateway.proxy")
+    quiet = await aiohttp_client(create_app(make_config(database_url)))
+    await add(quiet, url, basicAuth=True, basicAuthUser="u", secureJsonData={"basicAuthPassword": SECRET})
+    assert (await quiet.get("/api/datasources/proxy/uid/up/q?auth_token=t1", headers=ADMIN)).status == 200
+    assert not [r for r in caplog.records if "Proxying incoming request" in r.getMessage()]
+    logging_client = await aiohttp_client(create_app(make_config(database_url, dataproxy={"logging": True})))
+    response = await logging_client.get("/api/datasources/proxy/uid/up/q?query=up&auth_token=t1&sv=1&sig=s2",
+                                        headers={**ADMIN, "X-Panel-Plugin-Id": "timeseries"})
+    assert response.status == 200
+    [line] = [r.getMessage() for r in caplog.records if "Proxying incoming request" in r.getMessage()]
+    assert line == ('Proxying incoming request userid=1 orgid=1 username="admin" datasource="generic-http"'
+                    ' uri="/api/datasources/proxy/uid/up/q?query=up&auth_token=hidden&sv=1&sig=hidden" method=GET'
+                    ' panelPluginId="timeseries"')
+    assert not any(secret in record.getMessage() for record in caplog.records for secret in ("t1", "s2", SECRET))

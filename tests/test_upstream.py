@@ -812,6 +812,21 @@ async def test_header_timeout(raw_server: Any) -> None:
     await pool.close()
 
 
+async def test_tls_handshake_that_never_completes_times_out(raw_server: Any) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await drain_until_eof(reader)  # accepts TCP, never answers the ClientHello
+
+    srv = await raw_server(silent)
+    pool = UpstreamPool("127.0.0.1", srv.port, ssl=ssl.create_default_context(), connect_timeout=0.1,
+                        tls_handshake_timeout=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(UpstreamTimeout):
+        await pool.request("GET", "/", [])
+    assert 0.35 < time.monotonic() - t0 < 2  # the dial budget plus the handshake budget
+    assert pool.open_connections == 0
+    await pool.close()
+
+
 async def test_idle_read_timeout(raw_server: Any) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
