@@ -30,6 +30,7 @@ from gateway.keys import (
 )
 from gateway.sql import MIGRATION_LOCK, load_queries, migrate
 from gateway.store import DataSourceStore
+from gateway.wire import default_headers
 
 
 async def open_database(config: Config) -> tuple[Database, SecretBox]:
@@ -81,6 +82,7 @@ def create_app(config: Config) -> web.Application:
         middlewares=[error_middleware, auth_middleware],
     )
     app[config_key] = config
+    app.on_response_prepare.append(default_headers)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_client)
     health_api.add_routes(app)

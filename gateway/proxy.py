@@ -7,7 +7,6 @@ import logging
 import posixpath
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus, unquote, unquote_plus, urlencode
 
@@ -37,7 +36,7 @@ HOP_BY_HOP = frozenset({
 _REQUEST_DROP = HOP_BY_HOP | {
     "host", "content-length", "authorization", "x-grafana-device-id", "x-grafana-user", "cookie", "user-agent",
     "origin", "referer", "x-forwarded-host", "x-forwarded-port", "x-forwarded-proto", "x-forwarded-for",
-    "x-ds-authorization",
+    "x-ds-authorization", "x-grafana-id",  # Grafana sets X-Grafana-Id from its own ID token; we have none
 }
 _RESPONSE_DROP = HOP_BY_HOP | {"set-cookie", "content-length"}
 _SECURITY_HEADERS = (
@@ -144,7 +143,7 @@ def validate_request(ds: DataSource, identity: Identity, method: str, proxy_path
             raise ProxyError("deletes not allowed on proxied Elasticsearch datasource", status=403)
         if method == "PUT":
             raise ProxyError("puts not allowed on proxied Elasticsearch datasource", status=403)
-        if method == "POST" and clean_relative_path(proxy_path) != "_msearch":
+        if method == "POST" and proxy_path != "_msearch":  # an exact compare, as Grafana
             raise ProxyError("posts not allowed on proxied Elasticsearch datasource except on /_msearch", status=403)
     if ds.type != "prometheus" and ds.type not in PROMETHEUS_LIKE:
         return
@@ -180,9 +179,10 @@ def upstream_request(
     listed = _connection_tokens(headers.getall("Connection")) if "Connection" in headers else _NONE
     custom = transport.custom_names
     out: list[tuple[str, str]] = []
-    ds_auth = forwarded = None
+    ds_auth = None
     referer = ""
     cookies: list[str] = []
+    forwarded: list[str] = []
     for name, value in headers.items():
         lower = name.lower()
         if lower in _REQUEST_DROP:
@@ -193,7 +193,7 @@ def upstream_request(
             elif lower == "referer":
                 referer = value
             elif lower == "x-forwarded-for":
-                forwarded = value
+                forwarded.append(value)
             elif lower == "te" and value.strip().lower() == "trailers":
                 out.append((name, value))
         elif lower not in listed and lower not in custom:
@@ -208,7 +208,7 @@ def upstream_request(
         added.append(("Cookie", cookie))
     added.append(("User-Agent", config.dataproxy.user_agent or f"Grafana/{config.gateway.grafana_version}"))
     added.append(("X-Grafana-Referer", referer))
-    added.append(("X-Forwarded-For", f"{forwarded}, {client_ip}" if forwarded else client_ip))
+    added.append(("X-Forwarded-For", ", ".join([*forwarded, client_ip])))
     if custom:  # configured headers replace everything of the same name, as Grafana's middleware
         added = [(name, value) for name, value in added if name.lower() not in custom]
         added.extend(transport.custom_headers)  # a custom "Host" replaces the upstream Host, as Grafana
@@ -231,26 +231,36 @@ def _go_encode(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def _kept_cookies(values: Sequence[str], keep: object) -> str:
-    """Cookies named in jsonData.keepCookies (`[]` all, `prefix[]` a prefix), never the login cookie."""
+    """Cookies named in jsonData.keepCookies (`[]` all, `prefix[]` a prefix), never the login cookie.
+
+    Parsed as Go's net/http reads a Cookie header: a malformed pair is skipped, not the whole header; a
+    later duplicate wins; the kept cookies go out sorted by name, quoted again where Go would quote them.
+    """
     if not values or not isinstance(keep, list) or not keep:
         return ""
-    jar: SimpleCookie = SimpleCookie()
-    for value in values:
-        try:
-            jar.load(value)
-        except CookieError:
-            continue
+    patterns = [pattern for pattern in keep if isinstance(pattern, str)]
+    jar: dict[str, tuple[str, bool]] = {}
+    for line in values:
+        for part in line.split(";"):
+            name, _, value = part.strip().partition("=")
+            name = name.strip()
+            quoted = len(value) > 1 and value[0] == value[-1] == '"'
+            if quoted:
+                value = value[1:-1]
+            if _COOKIE_NAME.fullmatch(name) and _COOKIE_VALUE.fullmatch(value) and _kept(name, patterns):
+                jar[name] = (value, quoted)
+    jar.pop(LOGIN_COOKIE, None)
+    return "; ".join(f'{name}="{value}"' if quoted or (value and (" " in value or "," in value))
+                     else f"{name}={value}" for name, (value, quoted) in sorted(jar.items()))
 
-    def kept(name: str) -> bool:
-        for pattern in keep:
-            if not isinstance(pattern, str):
-                continue
-            if pattern == "[]" or (pattern.endswith("[]") and name.startswith(pattern[:-2])) or pattern == name:
-                return True
-        return False
 
-    names = sorted(name for name in jar if name != LOGIN_COOKIE and kept(name))
-    return "; ".join(f"{name}={jar[name].value}" for name in names)
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an RFC 7230 token
+_COOKIE_VALUE = re.compile(r"[\x20\x21\x23-\x3a\x3c-\x5b\x5d-\x7e]*")  # Go: printable ASCII but " ; \\
+
+
+def _kept(name: str, patterns: Sequence[str]) -> bool:
+    return any(pattern == "[]" or pattern == name or (pattern.endswith("[]") and name.startswith(pattern[:-2]))
+               for pattern in patterns)
 
 
 async def _body(request: web.Request) -> AsyncIterator[bytes]:

@@ -272,8 +272,9 @@ class UpstreamResponse:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.status:
             return  # Chunked trailers: the head was already handed out, so they are dropped.
-        n = name.decode("latin-1")
-        v = value.decode("latin-1")
+        # as aiohttp's server decodes what clients send: UTF-8, other bytes kept as surrogate escapes
+        n = name.decode("utf-8", "surrogateescape")
+        v = value.decode("utf-8", "surrogateescape")
         self.headers.append((n, v))
         nlen = len(name)
         if nlen == 14 or nlen == 17:
@@ -736,7 +737,9 @@ class UpstreamPool:
         # One cheap scan instead of per-value checks: any CR/LF smuggled in a value shows up here.
         if text.count("\n") != lines or text.count("\r") != lines or " " in target:
             raise ValueError("request line or header contains CR, LF or a misplaced space")
-        return text.encode("latin-1"), reuse_ok
+        # aiohttp's server decoded the client's header bytes as UTF-8 with surrogate escapes: this restores
+        # them byte for byte (a value that cannot be encoded raises UnicodeEncodeError, a ValueError)
+        return text.encode("utf-8", "surrogateescape"), reuse_ok
 
     async def _exchange(
         self,

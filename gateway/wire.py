@@ -1,4 +1,4 @@
-"""JSON on the wire: the one encoder every response goes through."""
+"""What every response looks like on the wire: the one JSON encoder, and Grafana's default headers."""
 
 from __future__ import annotations
 
@@ -14,3 +14,27 @@ _encoder = msgspec.json.Encoder(order="deterministic")
 def json_response(value: Any, status: int = 200) -> web.Response:
     """A JSON response with Grafana's content type."""
     return web.Response(body=_encoder.encode(value), status=status, content_type="application/json")
+
+
+_PROXY_PREFIX = "/api/datasources/proxy/"
+_SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "deny"),
+                     ("X-XSS-Protection", "1; mode=block"))
+
+
+async def default_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Grafana's AddDefaultResponseHeaders (spec-proxy §1.6), as an on_response_prepare hook.
+
+    `Cache-Control: no-store` (and no Pragma or Expires) everywhere but on proxied responses, which keep the
+    upstream's caching headers, and on a resource answer that asked to be cached (private Cache-Control
+    and X-Grafana-Cache); the security headers everywhere (the proxy sets its own).
+    """
+    if request.path.startswith(_PROXY_PREFIX):
+        return
+    headers = response.headers
+    cache_control = headers.get("Cache-Control", "")
+    if not (headers.get("X-Grafana-Cache") and "private" in cache_control and "public" not in cache_control
+            and "/resources" in request.path):
+        headers["Cache-Control"] = "no-store"
+        headers.popall("Pragma", None)
+        headers.popall("Expires", None)
+    headers.update(_SECURITY_HEADERS)
