@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import posixpath
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.keys import client_key, config_key
 from gateway.models import DataSource
-from gateway.transport import Transport, join_path
+from gateway.transport import Transport, clean_path, join_path
 from gateway.upstream import UpstreamError, UpstreamPoolClosed, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger("gateway.proxy")
@@ -112,9 +111,8 @@ def _quoted(value: str) -> str:
 
 
 def clean_relative_path(path: str) -> str:
-    """Grafana's CleanRelativePath on the decoded path: resolve `.`, `..` and `//`; `.` becomes ''."""
-    cleaned = posixpath.normpath("/" + unquote(path)).lstrip("/")
-    return "" if cleaned == "." and path != "." else cleaned
+    """Grafana's CleanRelativePath on the percent-decoded proxy path (safer than Grafana: decoded first)."""
+    return clean_path(unquote(path))
 
 
 def climbs_above_base(proxy_path: str) -> bool:

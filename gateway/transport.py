@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import posixpath
 import ssl
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -111,6 +112,12 @@ class Transport:
         """Close idle connections now and busy ones when their response is done."""
         if self.pool is not None:
             await self.pool.close()
+
+
+def clean_path(path: str) -> str:
+    """A decoded relative path as Go's path.Clean("/" + path) leaves it, without the leading slash:
+    `.`, `..` and empty segments resolved, never above the root (Grafana's CleanRelativePath)."""
+    return posixpath.normpath("/" + path).lstrip("/")
 
 
 def join_path(base: str, suffix: str) -> str:

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from tests.conftest import ADMIN
 
@@ -18,10 +19,12 @@ class FakePrometheus:
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, str, str, str, bytes]] = []
+        self.targets: list[str] = []  # each request target exactly as it came over the wire
         self.healthy = True
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.targets.append(request.raw_path)
         self.requests.append((request.method, request.path, request.query_string,
                               request.headers.get("Authorization", ""), body))
         if not self.healthy:
@@ -160,3 +163,92 @@ async def test_prometheus_and_loki_resources_pass_through(client, prometheus):
     await add(client, name="l", uid="l", type="loki", url=url)
     response = await client.get("/api/datasources/uid/l/resources/label/job/values", headers=ADMIN)
     assert response.status == 200 and fake.requests[-1][1] == "/loki/api/v1/label/job/values"
+
+
+NOT_IMPLEMENTED = {"message": "Method not implemented", "messageId": "plugin.notImplemented", "statusCode": 404,
+                   "traceID": ""}
+
+
+async def test_resource_paths_are_cleaned_and_escaped_and_never_climb_above_the_data_source_url(client, prometheus):
+    fake, url = prometheus
+    await add(client, name="p", uid="p", type="prometheus", url=url + "/prom")
+    await add(client, name="l", uid="l", type="loki", url=url)
+    for path in ["p/resources/api/v1/%2e%2e/%2e%2e/admin", "p/resources/api/v1/label/a%2F..%2F..%2F..%2Fadmin/values",
+                 "l/resources/label/a%2F..%2F..%2F..%2Fadmin/values", "l/resources/%2e%2e/%2e%2e/loki/api/v1/push"]:
+        response = await client.get(URL(f"/api/datasources/uid/{path}", encoded=True), headers=ADMIN)
+        assert response.status == 404 and await response.json() == NOT_IMPLEMENTED, path
+    assert fake.targets == []
+    for path, target in [
+        ("api/v1/%2e%2e/%2e%2e/%2e%2e/api/v1/labels", "/prom/api/v1/labels"),  # the root is the data source's path
+        ("api/v1/label/a%2F..%2Fjob/values", "/prom/api/v1/label/job/values"),
+        ("api/v1//./labels/", "/prom/api/v1/labels"),
+        ("api/v1/label/a%3Fb/values", "/prom/api/v1/label/a%3Fb/values"),  # never a query
+        ("api/v1/label/%C3%A9%20x%25!/values", "/prom/api/v1/label/%C3%A9%20x%25%21/values"),  # as Go escapes
+    ]:
+        response = await client.get(URL(f"/api/datasources/uid/p/resources/{path}", encoded=True), headers=ADMIN)
+        assert fake.targets[-1] == target, path
+    response = await client.get(URL("/api/datasources/uid/l/resources/label/a%2F..%2Fjob/values", encoded=True),
+                                headers=ADMIN)
+    assert response.status == 200 and fake.targets[-1] == "/loki/api/v1/label/job/values"
+
+
+async def test_resource_query_reaches_the_data_source_byte_for_byte(client, prometheus):
+    fake, url = prometheus
+    await add(client, name="p", uid="p", type="prometheus", url=url)
+    await add(client, name="l", uid="l", type="loki", url=url)
+    for query in ["match[]=up%7Bjob%3D%22a%20b%22%7D&start=1", "match%5B%5D=%C3%A9&q=a+b%2Bc&flag", "x=%zz;y="]:
+        response = await client.get(URL(f"/api/datasources/uid/p/resources/api/v1/series?{query}", encoded=True),
+                                    headers=ADMIN)
+        assert response.status == 404  # the fake's answer, passed through
+        assert fake.targets[-1] == f"/api/v1/series?{query}"
+        response = await client.get(URL(f"/api/datasources/uid/l/resources/series?{query}", encoded=True),
+                                    headers=ADMIN)
+        assert fake.targets[-1] == f"/loki/api/v1/series?{query}"
+
+
+async def test_loki_resources_are_read_only_and_limited_to_grafanas_endpoints(client, prometheus):
+    fake, url = prometheus
+    await add(client, name="l", uid="l", type="loki", url=url)
+    for method, path in [("POST", "labels"), ("POST", "loki/api/v1/push"), ("DELETE", "loki/api/v1/delete?query=x"),
+                         ("PUT", "api/v1/labels"), ("PATCH", "series")]:
+        response = await client.request(method, f"/api/datasources/uid/l/resources/{path}", data=b"{}", headers=ADMIN)
+        assert response.status == 405 and response.headers["Allow"] == "GET", (method, path)
+        assert await response.json() == {"message": "Method not allowed"}
+    for path in ["push", "loki/api/v1/push", "api/v1/delete?query=x", "query_range?query=x", "tail", "", "loki/labels",
+                 "labelsx", "detected_field"]:
+        response = await client.get(f"/api/datasources/uid/l/resources/{path}", headers=ADMIN)
+        assert response.status == 404 and await response.json() == NOT_IMPLEMENTED, path
+    assert fake.targets == []
+    for path, target in [
+        ("labels?start=1", "/loki/api/v1/labels?start=1"), ("api/v1/labels", "/loki/api/v1/labels"),
+        ("loki/api/v1/labels", "/loki/api/v1/labels"), ("label/job/values", "/loki/api/v1/label/job/values"),
+        ("series?match[]=x", "/loki/api/v1/series?match[]=x"), ("index/stats", "/loki/api/v1/index/stats"),
+        ("index/volume", "/loki/api/v1/index/volume"), ("patterns", "/loki/api/v1/patterns"),
+        ("detected_labels", "/loki/api/v1/detected_labels"), ("detected_fields", "/loki/api/v1/detected_fields"),
+        ("detected_field/level/values", "/loki/api/v1/detected_field/level/values"),
+    ]:
+        await client.get(URL(f"/api/datasources/uid/l/resources/{path}", encoded=True), headers=ADMIN)
+        assert fake.requests[-1][0] == "GET" and fake.targets[-1] == target
+
+
+async def test_prometheus_resources_honour_x_grafana_cache(client, prometheus):
+    _, url = prometheus
+    await add(client, name="p", uid="p", type="prometheus", url=url)
+    labels = "/api/datasources/uid/p/resources/api/v1/labels"
+    response = await client.get(labels, headers={**ADMIN, "X-Grafana-Cache": "private, max-age=60"})
+    assert response.status == 200
+    assert (response.headers["X-Grafana-Cache"], response.headers["Cache-Control"]) == ("y", "private, max-age=60")
+    response = await client.get(labels, headers=ADMIN)
+    assert response.headers["Cache-Control"] == "no-store" and "X-Grafana-Cache" not in response.headers
+    response = await client.get(labels, headers={**ADMIN, "X-Grafana-Cache": "public, max-age=60"})
+    assert response.headers["Cache-Control"] == "no-store"  # Grafana's default headers cache only private answers
+
+
+async def test_resource_errors_before_the_data_source_is_asked(client):
+    for ds_id in ["abc", "99999999999999999999"]:
+        response = await client.get(f"/api/datasources/{ds_id}/resources/api/v1/labels", headers=ADMIN)
+        assert response.status == 400 and await response.json() == {"message": "id is invalid"}
+    await add(client, name="down", uid="down", type="prometheus", url=f"http://127.0.0.1:{_closed_port()}")
+    response = await client.get("/api/datasources/uid/down/resources/api/v1/labels", headers=ADMIN)
+    assert response.status == 502
+    assert await response.json() == {"message": "Bad Gateway: the data source could not be reached"}

@@ -6,13 +6,13 @@ import asyncio
 
 from aiohttp import web
 
-from gateway.api.datasources import authorize, query_entry
+from gateway.api.datasources import authorize, parse_id, query_entry
 from gateway.auth import Identity
 from gateway.backends import Backend, NotImplementedByBackend, ResourceRequest, backend_for
 from gateway.cache import Entry
 from gateway.errors import GatewayError
 from gateway.keys import config_key, db_key
-from gateway.transport import InvalidDataSourceURL, TLSConfigError
+from gateway.transport import InvalidDataSourceURL, TLSConfigError, clean_path
 from gateway.upstream import UpstreamError, UpstreamTimeout
 from gateway.wire import json_response
 
@@ -51,10 +51,13 @@ async def get_frontend_settings(request: web.Request) -> web.Response:
     })
 
 
-async def _backend(request: web.Request) -> tuple[Identity, Entry, Backend]:
+async def _backend(request: web.Request, *, id_trace: bool = True) -> tuple[Identity, Entry, Backend]:
     """The caller, the data source it may query (by :id or uid/:uid) and its type's backend."""
     identity = await authorize(request, "datasources:query")
-    reference = f"uid/{request.match_info['uid']}" if "uid" in request.match_info else request.match_info["id"]
+    if "uid" in request.match_info:
+        reference = f"uid/{request.match_info['uid']}"
+    else:
+        reference = str(parse_id(request.match_info["id"], trace=id_trace))
     entry = await query_entry(request, identity, reference, not_found="Data source not found")
     backend = backend_for(entry.ds.type)
     if backend is None:
@@ -81,11 +84,12 @@ async def check_datasource_health(request: web.Request) -> web.Response:
 
 async def call_datasource_resource(request: web.Request) -> web.Response:
     """ANY /api/datasources/(:id|uid/:uid)/resources/*: the type's backend answers (buffered, bounded)."""
-    _, entry, backend = await _backend(request)
+    _, entry, backend = await _backend(request, id_trace=False)  # JsonApiErr without an error: no traceID
     if request.method not in RESOURCE_METHODS:
         raise GatewayError("Method not allowed", status=405, headers={"Allow": ", ".join(RESOURCE_METHODS)})
     resource = ResourceRequest(
-        method=request.method, path=request.match_info.get("rest", ""), query=request.query_string,
+        method=request.method, path=clean_path(request.match_info.get("rest", "")),
+        query=request.raw_path.partition("?")[2],  # as the client sent it, not yarl's re-encoding
         headers=tuple(request.headers.items()), body=await request.read(),
     )
     try:
@@ -102,7 +106,7 @@ async def call_datasource_resource(request: web.Request) -> web.Response:
     if "Content-Type" not in response.headers and answer.status != 204:
         response.headers["Content-Type"] = "application/json"
     response.headers["Content-Security-Policy"] = "sandbox"
-    response.headers["Cache-Control"] = "no-store"
+    # Cache-Control: no-store comes from wire.default_headers, which spares answers asking to be cached
     return response
 
 

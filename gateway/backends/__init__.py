@@ -24,7 +24,7 @@ class HealthResult(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 
 class ResourceRequest(msgspec.Struct, frozen=True):
-    """A resource call as a plugin receives it: decoded path without a leading slash, raw query."""
+    """A resource call as a plugin receives it: decoded, cleaned path without a leading slash, raw query."""
 
     method: str
     path: str

@@ -1,4 +1,4 @@
-"""Loki: health asks for its labels through the data source's transport; resources pass through."""
+"""Loki: health asks for its labels through the data source's transport; read-only resources pass through."""
 
 from __future__ import annotations
 
@@ -7,14 +7,19 @@ from typing import Any
 
 import msgspec
 
-from gateway.backends import HealthResult, ResourceRequest, ResourceResponse
+from gateway.backends import HealthResult, NotImplementedByBackend, ResourceRequest, ResourceResponse
 from gateway.backends.prometheus import pass_through
+from gateway.errors import GatewayError
 from gateway.models import DataSource
 from gateway.transport import Transport
 from gateway.upstream import UpstreamError
 
 _OK = "Data source successfully connected."
 _FAILED = "Unable to connect with Loki. Please check the server logs for more details."
+# the read endpoints Grafana's Loki backend forwards (pkg/tsdb/loki callResource), under loki/api/v1/
+_ENDPOINTS = frozenset({"labels", "series", "index/stats", "index/volume", "patterns", "detected_labels",
+                        "detected_fields"})
+_ENDPOINT_PREFIXES = ("label/", "detected_field/")
 
 
 class Loki:
@@ -32,7 +37,16 @@ class Loki:
 
     async def call_resource(self, ds: DataSource, secrets: Mapping[str, str], transport: Transport,
                             request: ResourceRequest) -> ResourceResponse:
-        """labels, label/<name>/values, series, ... go to loki/api/v1/<path>."""
-        path = request.path if request.path.startswith("loki/api/v1/") else "loki/api/v1/" + request.path.removeprefix(
-            "api/v1/")
-        return await pass_through(transport, request, path)
+        """GET labels, label/<name>/values, series, ... (also as api/v1/... or loki/api/v1/...) go to
+        loki/api/v1/<endpoint>; other methods and paths never reach Loki (no push, no delete).
+        """
+        if request.method != "GET":
+            raise GatewayError("Method not allowed", status=405, headers={"Allow": "GET"})
+        endpoint = request.path
+        for prefix in ("loki/api/v1/", "api/v1/"):
+            if endpoint.startswith(prefix):
+                endpoint = endpoint[len(prefix):]
+                break
+        if endpoint not in _ENDPOINTS and not endpoint.startswith(_ENDPOINT_PREFIXES):
+            raise NotImplementedByBackend
+        return await pass_through(transport, request, "loki/api/v1/" + endpoint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -14,6 +15,7 @@ from gateway.upstream import UpstreamError
 
 _FAILED = " - There was an error returned querying the Prometheus API."
 _PASSED_HEADERS = frozenset({"content-type", "accept"})
+_PATH_SAFE = "$&+,/:;=@"  # with the unreserved characters, what Go's URL.EscapedPath leaves as is
 
 
 class Prometheus:
@@ -44,17 +46,27 @@ class Prometheus:
 
     async def call_resource(self, ds: DataSource, secrets: Mapping[str, str], transport: Transport,
                             request: ResourceRequest) -> ResourceResponse:
-        """api/v1/... with the caller's method, query and body; other paths are not handled."""
+        """api/v1/... with the caller's method, query and body; other paths are not handled.
+
+        X-Grafana-Cache: <value> asks for the answer to carry `Cache-Control: <value>` (the cache level setting).
+        """
         if not request.path.startswith("api/v1/"):
             raise NotImplementedByBackend
-        return await pass_through(transport, request, request.path)
+        answer = await pass_through(transport, request, request.path)
+        cache = next((value for name, value in request.headers if name.lower() == "x-grafana-cache"), "")
+        if cache:
+            answer.headers += [("X-Grafana-Cache", "y"), ("Cache-Control", cache)]
+        return answer
 
 
 async def pass_through(transport: Transport, request: ResourceRequest, path: str) -> ResourceResponse:
-    """Forward a resource call to the data source (buffered and bounded, as Grafana's plugins do)."""
+    """Forward a resource call to the data source (buffered and bounded, as Grafana's plugins do).
+
+    `path` is already clean (see ResourceRequest); it is escaped here as Go escapes a URL's path.
+    """
     headers = [(name, value) for name, value in request.headers if name.lower() in _PASSED_HEADERS]
     status, upstream_headers, body = await transport.fetch(
-        request.method, path, request.query, headers, request.body or None)
+        request.method, quote(path, safe=_PATH_SAFE), request.query, headers, request.body or None)
     kept = [(name, value) for name, value in upstream_headers if name.lower() == "content-type"]
     return ResourceResponse(status=status, headers=kept, body=body)
 
