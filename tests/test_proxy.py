@@ -679,3 +679,15 @@ async def test_grafanas_default_headers_on_every_response_but_proxied_caching(cl
     proxied = await client.get("/api/datasources/proxy/uid/up/cached", headers=ADMIN)
     assert proxied.headers["Cache-Control"] == "max-age=60" and proxied.headers["Expires"] == "Thu, 01 Jan 2099"
     assert proxied.headers["X-Frame-Options"] == "deny"
+
+
+async def test_path_ids_are_parsed_as_go_parses_them(client, upstream):
+    _, url = upstream
+    await add(client, url)
+    assert (await client.get("/api/datasources/proxy/1/x", headers=ADMIN)).status == 200
+    assert (await client.get("/api/datasources/proxy/+1/x", headers=ADMIN)).status == 200
+    for raw in ("1_0", "%201", "%D9%A1", "9223372036854775808", "0x1"):  # "%D9%A1" is an Arabic-Indic one
+        for path in (f"/api/datasources/proxy/{raw}/x", f"/api/datasources/{raw}", f"/api/datasources/{raw}/health"):
+            response = await client.get(URL(path, encoded=True), headers=ADMIN)
+            assert response.status == 400, path
+            assert (await response.json())["message"] == "id is invalid"

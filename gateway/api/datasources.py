@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from gateway.auth import Identity
@@ -66,13 +68,12 @@ def list_item(ds: DataSource) -> DataSourceListItem:
 
 def parse_id(raw: str, *, trace: bool) -> int:
     """A path id as Grafana parses it (base-10 int64), or 400 "id is invalid"."""
-    try:
-        value = int(raw, 10)
-    except ValueError:
-        raise IdInvalid(trace=trace) from None
-    if not -(2**63) <= value < 2**63:
-        raise IdInvalid(trace=trace)
+    if not _GO_INT.fullmatch(raw) or not -(2**63) <= (value := int(raw)) < 2**63:
+        raise IdInvalid(trace=trace)  # Go's ParseInt takes no spaces, underscores or non-ASCII digits
     return value
+
+
+_GO_INT = re.compile(r"[+-]?[0-9]+")
 
 
 async def authorize(request: web.Request, action: str, scope: str | None = None) -> Identity:
@@ -105,11 +106,7 @@ async def query_entry(request: web.Request, identity: Identity, reference: str, 
                 raise UidInvalidPath()
             entry = await cache.get(identity.org_id, uid=uid)
         else:
-            try:
-                ds_id = int(reference)
-            except ValueError:
-                raise IdInvalid(trace=True) from None
-            entry = await cache.get(identity.org_id, id=ds_id)
+            entry = await cache.get(identity.org_id, id=parse_id(reference, trace=True))
     except DataSourceNotFound:
         raise GatewayError(not_found, status=404, trace=True) from None
     if not identity.can("datasources:query", f"datasources:uid:{entry.ds.uid}"):
