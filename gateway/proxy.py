@@ -217,6 +217,23 @@ def upstream_request(
 _NONE: frozenset[str] = frozenset()
 
 
+def relayable_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """An upstream response's headers without hop-by-hop ones (also those listed in Connection),
+    Set-Cookie and Content-Length (the response writer sets its own framing)."""
+    kept: list[tuple[str, str]] = []
+    listed: list[str] = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _RESPONSE_DROP:
+            if lower == "connection":
+                listed.append(value)
+        else:
+            kept.append((name, value))
+    if listed and (tokens := _connection_tokens(listed) - HOP_BY_HOP):
+        kept = [(name, value) for name, value in kept if name.lower() not in tokens]
+    return kept
+
+
 def _connection_tokens(values: Sequence[str]) -> frozenset[str]:
     """Header names listed in Connection (they are hop-by-hop too)."""
     return frozenset(token.strip().lower() for value in values for token in value.split(","))
@@ -322,18 +339,7 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, config: Confi
     if limit and upstream.content_length is not None and upstream.content_length > limit:
         upstream.abort()
         raise UpstreamTooLarge()
-    kept: list[tuple[str, str]] = []
-    listed: list[str] = []
-    for name, value in upstream.headers:
-        lower = name.lower()
-        if lower in _RESPONSE_DROP:
-            if lower == "connection":
-                listed.append(value)
-        else:
-            kept.append((name, value))
-    if listed and (tokens := _connection_tokens(listed) - HOP_BY_HOP):
-        kept = [(name, value) for name, value in kept if name.lower() not in tokens]
-    headers = CIMultiDict(kept)
+    headers = CIMultiDict(relayable_headers(upstream.headers))
     headers.update(_SECURITY_HEADERS)
     length = upstream.content_length
     if length is not None and length <= SMALL_BODY and request.method != "HEAD":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.api.datasources import authorize, parse_id, query_entry
 from gateway.auth import Identity
@@ -12,6 +13,7 @@ from gateway.backends import Backend, NotImplementedByBackend, ResourceRequest, 
 from gateway.cache import Entry
 from gateway.errors import GatewayError
 from gateway.keys import config_key, db_key
+from gateway.proxy import relayable_headers
 from gateway.transport import InvalidDataSourceURL, TLSConfigError, clean_path
 from gateway.upstream import UpstreamError, UpstreamTimeout
 from gateway.wire import json_response
@@ -100,12 +102,13 @@ async def call_datasource_resource(request: web.Request) -> web.Response:
         raise GatewayError("Gateway Timeout: the data source did not answer in time", status=504) from None
     except UpstreamError:
         raise GatewayError("Bad Gateway: the data source could not be reached", status=502) from None
-    response = web.Response(status=answer.status, body=answer.body)
-    for name, value in answer.headers:
-        response.headers[name] = value
-    if "Content-Type" not in response.headers and answer.status != 204:
-        response.headers["Content-Type"] = "application/json"
-    response.headers["Content-Security-Policy"] = "sandbox"
+    # as Grafana's plugin client sends a plugin's answer on (spec-proxy §4.3)
+    headers = CIMultiDict(relayable_headers(answer.headers))
+    headers.popall("User-Agent", None)
+    if "Content-Type" not in headers and answer.status != 204:
+        headers["Content-Type"] = "application/json"
+    headers["Content-Security-Policy"] = "sandbox"
+    response = web.Response(status=answer.status, body=answer.body, headers=headers)
     # Cache-Control: no-store comes from wire.default_headers, which spares answers asking to be cached
     return response
 

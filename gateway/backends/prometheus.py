@@ -55,6 +55,8 @@ class Prometheus:
         answer = await pass_through(transport, request, request.path)
         cache = next((value for name, value in request.headers if name.lower() == "x-grafana-cache"), "")
         if cache:
+            answer.headers = [(name, value) for name, value in answer.headers
+                              if name.lower() not in ("cache-control", "x-grafana-cache")]
             answer.headers += [("X-Grafana-Cache", "y"), ("Cache-Control", cache)]
         return answer
 
@@ -67,8 +69,7 @@ async def pass_through(transport: Transport, request: ResourceRequest, path: str
     headers = [(name, value) for name, value in request.headers if name.lower() in _PASSED_HEADERS]
     status, upstream_headers, body = await transport.fetch(
         request.method, quote(path, safe=_PATH_SAFE), request.query, headers, request.body or None)
-    kept = [(name, value) for name, value in upstream_headers if name.lower() == "content-type"]
-    return ResourceResponse(status=status, headers=kept, body=body)
+    return ResourceResponse(status=status, headers=upstream_headers, body=body)
 
 
 def _describe(error: UpstreamError) -> str:
