@@ -22,6 +22,7 @@ from gateway.keys import client_key, config_key
 from gateway.models import DataSource
 from gateway.transport import Transport, clean_path, join_path
 from gateway.upstream import UpstreamError, UpstreamPoolClosed, UpstreamResponse, UpstreamTimeout
+from gateway.wire import SECURITY_HEADERS
 
 log = logging.getLogger("gateway.proxy")
 
@@ -38,12 +39,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "x-ds-authorization", "x-grafana-id",  # Grafana sets X-Grafana-Id from its own ID token; we have none
 }
 _RESPONSE_DROP = HOP_BY_HOP | {"set-cookie", "content-length"}
-_SECURITY_HEADERS = (
-    ("Content-Security-Policy", "sandbox"),
-    ("X-Content-Type-Options", "nosniff"),
-    ("X-Frame-Options", "deny"),
-    ("X-XSS-Protection", "1; mode=block"),
-)
+_SECURITY_HEADERS = (("Content-Security-Policy", "sandbox"), *SECURITY_HEADERS)
 _ROLE_RANK = {"None": 0, "Viewer": 1, "Editor": 2, "Admin": 3}
 PROMETHEUS_LIKE = frozenset({
     "prometheus", "grafana-amazonprometheus-datasource", "grafana-azureprometheus-datasource", "loki",
@@ -265,7 +261,7 @@ def _kept_cookies(values: Sequence[str], keep: object) -> str:
             if _COOKIE_NAME.fullmatch(name) and _COOKIE_VALUE.fullmatch(value) and _kept(name, patterns):
                 jar[name] = (value, quoted)
     jar.pop(LOGIN_COOKIE, None)
-    return "; ".join(f'{name}="{value}"' if quoted or (value and (" " in value or "," in value))
+    return "; ".join(f'{name}="{value}"' if value and (quoted or " " in value or "," in value)
                      else f"{name}={value}" for name, (value, quoted) in sorted(jar.items()))
 
 

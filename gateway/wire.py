@@ -17,7 +17,7 @@ def json_response(value: Any, status: int = 200) -> web.Response:
 
 
 _PROXY_PREFIX = "/api/datasources/proxy/"
-_SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "deny"),
+SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "deny"),
                      ("X-XSS-Protection", "1; mode=block"))
 
 
@@ -37,4 +37,4 @@ async def default_headers(request: web.Request, response: web.StreamResponse) ->
         headers["Cache-Control"] = "no-store"
         headers.popall("Pragma", None)
         headers.popall("Expires", None)
-    headers.update(_SECURITY_HEADERS)
+    headers.update(SECURITY_HEADERS)

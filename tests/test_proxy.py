@@ -640,6 +640,7 @@ async def test_cookies_are_parsed_as_go_reads_them(client, upstream):
     assert await sent_cookie("keep=2; x=a b") == 'keep=2; x="a b"'  # quoted again as Go does
     assert await sent_cookie('path=1; keep="q v"; grafana_session=s') == 'keep="q v"; path=1'
     assert await sent_cookie("z=1; a=1; a=2") == "a=2; z=1"  # sorted; a later duplicate wins
+    assert await sent_cookie('e=""; f="x"') == 'e=; f="x"'  # Go quotes again what came quoted, unless empty
     assert await sent_cookie("bad name=1; =2; ok") == "ok="  # as Go: a bare name is a cookie with no value
 
 
