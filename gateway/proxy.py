@@ -22,7 +22,6 @@ from gateway.keys import client_key, config_key
 from gateway.models import DataSource
 from gateway.transport import Transport, clean_path, join_path
 from gateway.upstream import UpstreamError, UpstreamPoolClosed, UpstreamResponse, UpstreamTimeout
-from gateway.wire import SECURITY_HEADERS
 
 log = logging.getLogger("gateway.proxy")
 
@@ -39,7 +38,6 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "x-ds-authorization", "x-grafana-id",  # Grafana sets X-Grafana-Id from its own ID token; we have none
 }
 _RESPONSE_DROP = HOP_BY_HOP | {"set-cookie", "content-length"}
-_SECURITY_HEADERS = (("Content-Security-Policy", "sandbox"), *SECURITY_HEADERS)
 _ROLE_RANK = {"None": 0, "Viewer": 1, "Editor": 2, "Admin": 3}
 PROMETHEUS_LIKE = frozenset({
     "prometheus", "grafana-amazonprometheus-datasource", "grafana-azureprometheus-datasource", "loki",
@@ -329,14 +327,14 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, config: Confi
         # Grafana hides upstream 401s: a 401 would sign the browser user out (spec-proxy §2.11.1)
         upstream.abort()
         refused = web.Response(status=400, body=AUTH_FAILED, content_type="text/plain", charset="utf-8")
-        refused.headers.extend(_SECURITY_HEADERS)
+        refused.headers["Content-Security-Policy"] = "sandbox"  # the rest: wire.default_headers
         return refused
     limit = config.dataproxy.response_limit
     if limit and upstream.content_length is not None and upstream.content_length > limit:
         upstream.abort()
         raise UpstreamTooLarge()
     headers = CIMultiDict(relayable_headers(upstream.headers))
-    headers.update(_SECURITY_HEADERS)
+    headers["Content-Security-Policy"] = "sandbox"
     length = upstream.content_length
     if length is not None and length <= SMALL_BODY and request.method != "HEAD":
         # a small sized body goes out with the headers in one write; bounded, so no whole-body risk

@@ -24,17 +24,18 @@ SECURITY_HEADERS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "
 async def default_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Grafana's AddDefaultResponseHeaders (spec-proxy §1.6), as an on_response_prepare hook.
 
-    `Cache-Control: no-store` (and no Pragma or Expires) everywhere but on proxied responses, which keep the
-    upstream's caching headers, and on a resource answer that asked to be cached (private Cache-Control
-    and X-Grafana-Cache); the security headers everywhere (the proxy sets its own).
+    The security headers on every response. `Cache-Control: no-store` (and no Pragma or Expires) on all
+    but the proxy's, which keep the upstream's caching headers, and a resource answer that asked to be
+    cached (a private Cache-Control with X-Grafana-Cache).
     """
-    if request.path.startswith(_PROXY_PREFIX):
-        return
     headers = response.headers
+    headers.update(SECURITY_HEADERS)
+    path = request.path
+    if path.startswith(_PROXY_PREFIX):
+        return
     cache_control = headers.get("Cache-Control", "")
     if not (headers.get("X-Grafana-Cache") and "private" in cache_control and "public" not in cache_control
-            and "/resources" in request.path):
+            and "/resources" in path):
         headers["Cache-Control"] = "no-store"
         headers.popall("Pragma", None)
         headers.popall("Expires", None)
-    headers.update(SECURITY_HEADERS)

@@ -679,7 +679,12 @@ async def test_grafanas_default_headers_on_every_response_but_proxied_caching(cl
         assert answer.headers["X-XSS-Protection"] == "1; mode=block"
     proxied = await client.get("/api/datasources/proxy/uid/up/cached", headers=ADMIN)
     assert proxied.headers["Cache-Control"] == "max-age=60" and proxied.headers["Expires"] == "Thu, 01 Jan 2099"
-    assert proxied.headers["X-Frame-Options"] == "deny"
+    refused = await client.get("/api/datasources/proxy/uid/nope/x", headers=ADMIN)  # the proxy's own answer
+    assert refused.status == 404 and "Cache-Control" not in refused.headers
+    for answer in (proxied, refused):
+        assert answer.headers["X-Frame-Options"] == "deny" and answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.headers["X-XSS-Protection"] == "1; mode=block"
+    assert proxied.headers["Content-Security-Policy"] == "sandbox"
 
 
 async def test_path_ids_are_parsed_as_go_parses_them(client, upstream):
