@@ -13,7 +13,7 @@ from gateway.backends import Backend, NotImplementedByBackend, ResourceRequest, 
 from gateway.cache import Entry
 from gateway.errors import GatewayError
 from gateway.keys import config_key, db_key
-from gateway.proxy import relayable_headers
+from gateway.proxy import UpstreamTimedOut, UpstreamUnavailable, relayable_headers
 from gateway.transport import InvalidDataSourceURL, TLSConfigError, clean_path
 from gateway.upstream import UpstreamError, UpstreamTimeout
 from gateway.wire import json_response
@@ -99,9 +99,9 @@ async def call_datasource_resource(request: web.Request) -> web.Response:
     except NotImplementedByBackend:
         raise MethodNotImplemented() from None
     except UpstreamTimeout:
-        raise GatewayError("Gateway Timeout: the data source did not answer in time", status=504) from None
+        raise UpstreamTimedOut() from None
     except UpstreamError:
-        raise GatewayError("Bad Gateway: the data source could not be reached", status=502) from None
+        raise UpstreamUnavailable() from None
     # as Grafana's plugin client sends a plugin's answer on (spec-proxy §4.3)
     headers = CIMultiDict(relayable_headers(answer.headers))
     headers.popall("User-Agent", None)
