@@ -77,7 +77,7 @@ def serve(config: Config) -> None:
     """Serve on [server] http_addr:http_port with [server] workers processes sharing one socket."""
     host = config.server.http_addr or "0.0.0.0"  # noqa: S104 - Grafana's default: every interface
     shown = config.server.http_addr or "localhost"
-    workers = config.cores
+    workers = config.worker_count
     print(
         f"gateway serving Grafana's data source API on http://{shown}:{config.server.http_port}/api"
         f" ({workers} worker{'s' if workers > 1 else ''}); log in as {config.security.admin_user!r},"
@@ -105,9 +105,9 @@ def serve(config: Config) -> None:
 
 
 async def _migrate(config: Config) -> None:
+    """Apply migrations (and create the first data key) under the replicas' lock, then disconnect."""
     db, _ = await open_database(config)
     await db.pool.close()
-    print("migrations applied")
 
 
 async def _create_service_account(config: Config, args: argparse.Namespace) -> None:
@@ -184,10 +184,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = _config(args)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
         if args.command in (None, "serve"):
-            asyncio.run(_check_database(config))
+            asyncio.run(_migrate(config))  # once before the workers start, failing fast with one clear line
             serve(config)
         elif args.command == "migrate":
             asyncio.run(_migrate(config))
+            print("migrations applied")
         elif args.command == "service-accounts" and args.action == "create":
             asyncio.run(_create_service_account(config, args))
         elif args.command == "secrets" and args.action == "rotate":
@@ -204,12 +205,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except (OSError, TimeoutError, DatabaseUnavailable) as error:
         sys.exit(f"gateway: cannot reach the database at [database] url: {error}")
-
-
-async def _check_database(config: Config) -> None:
-    """Apply migrations once before the workers start, failing fast with one clear line."""
-    db, _ = await open_database(config)
-    await db.pool.close()
 
 
 if __name__ == "__main__":

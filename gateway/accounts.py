@@ -14,18 +14,17 @@ import asyncpg
 import msgspec
 
 from gateway.db import Database
-from gateway.errors import GatewayError
+from gateway.errors import (
+    OrganizationNameTaken,
+    OrganizationNotFound,
+    ServiceAccountExists,
+    ServiceAccountNotFound,
+    TokenNameExists,
+    TokenNotFound,
+)
 
 ROLES = ("None", "Viewer", "Editor", "Admin")
 _ALPHANUMERIC = string.ascii_letters + string.digits
-
-
-class ServiceAccountNotFound(GatewayError):
-    status, message = 404, "service account not found"
-
-
-class TokenNotFound(GatewayError):
-    status, message = 404, "service account token not found"
 
 
 class TokenGrant(msgspec.Struct, frozen=True):
@@ -88,7 +87,7 @@ class AccountStore:
             try:
                 org_id: int = await conn.fetchval(self._q["insert_org"], name)
             except asyncpg.UniqueViolationError:
-                raise GatewayError("Organization name taken", status=409, trace=True) from None
+                raise OrganizationNameTaken() from None
         return org_id
 
     async def create_service_account(
@@ -101,9 +100,9 @@ class AccountStore:
             try:
                 row = await conn.fetchrow(self._q["insert_service_account"], org_id, name, login, role, disabled)
             except asyncpg.UniqueViolationError:
-                raise GatewayError("service account already exists", status=409, trace=True) from None
+                raise ServiceAccountExists() from None
             except asyncpg.ForeignKeyViolationError:
-                raise GatewayError("organization not found", status=404) from None
+                raise OrganizationNotFound() from None
             for action, scope in permissions:
                 await conn.execute(self._q["insert_service_account_permission"], row["id"], action, scope)
         return dict(row)
@@ -127,7 +126,7 @@ class AccountStore:
             try:
                 row = await conn.fetchrow(self._q["insert_api_token"], org_id, sa_id, name, token_hash(token), expires)
             except asyncpg.UniqueViolationError:
-                raise GatewayError("service account token with given name already exists", status=409) from None
+                raise TokenNameExists() from None
         return row["id"], row["name"], token
 
     async def list_tokens(self, org_id: int, sa_id: int) -> list[dict[str, Any]]:

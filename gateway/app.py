@@ -4,33 +4,35 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
-from gateway import proxy
 from gateway.accounts import AccountStore
 from gateway.api import accounts as accounts_api
 from gateway.api import datasources as datasources_api
-from gateway.api import health as health_api
+from gateway.api import plugins as plugins_api
+from gateway.api import proxy as proxy_api
+from gateway.api import system as system_api
 from gateway.auth import Authenticator, auth_middleware
-from gateway.cache import DataSourceCache
 from gateway.config import Config
 from gateway.crypto import SecretBox
+from gateway.datasources.cache import DataSourceCache
+from gateway.datasources.service import DataSourceService
+from gateway.datasources.store import DataSourceStore
 from gateway.db import Database, create_pool
-from gateway.errors import error_middleware
+from gateway.http.client import Clients
 from gateway.keys import (
     accounts_key,
     authenticator_key,
     box_key,
     cache_key,
-    client_key,
+    clients_key,
     config_key,
     db_key,
+    service_key,
     store_key,
 )
+from gateway.responses import default_headers, error_middleware
 from gateway.sql import MIGRATION_LOCK, load_queries, migrate
-from gateway.store import DataSourceStore
-from gateway.wire import default_headers
 
 
 async def open_database(config: Config) -> tuple[Database, SecretBox]:
@@ -52,27 +54,37 @@ async def open_database(config: Config) -> tuple[Database, SecretBox]:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
+    """gateway's own Postgres (migrated), the unwrapped data keys, and the stores on top of them."""
     db, box = await open_database(app[config_key])
     app[db_key] = db
     app[box_key] = box
-    app[store_key] = DataSourceStore(db)
+    app[store_key] = store = DataSourceStore(db)
+    app[service_key] = DataSourceService(store, box)
     app[accounts_key] = accounts = AccountStore(db)
     app[authenticator_key] = Authenticator(app[config_key], accounts)
-    app[cache_key] = cache = DataSourceCache(app[store_key], box, app[config_key].dataproxy)
-    await cache.start(app[config_key].database.url)
-    yield
-    await cache.stop()
-    await db.pool.close()
-
-
-async def _client(app: web.Application) -> AsyncIterator[None]:
-    """The ClientSession for everything but the proxy hot path (WebSocket bridging), with explicit timeouts."""
-    proxy = app[config_key].dataproxy
-    timeout = aiohttp.ClientTimeout(total=None, connect=proxy.dial_timeout, sock_connect=proxy.dial_timeout,
-                                    sock_read=proxy.timeout)
-    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
-        app[client_key] = session
+    try:
         yield
+    finally:
+        await db.pool.close()
+
+
+async def _clients(app: web.Application) -> AsyncIterator[None]:
+    """What every data source client of this worker shares (closed after the cache closed its clients)."""
+    app[clients_key] = clients = Clients(app[config_key])
+    try:
+        yield
+    finally:
+        await clients.close()
+
+
+async def _cache(app: web.Application) -> AsyncIterator[None]:
+    """The data source cache, listening for changes from every replica."""
+    app[cache_key] = cache = DataSourceCache(app[store_key], app[box_key], app[clients_key])
+    await cache.start(app[config_key].database.url)
+    try:
+        yield
+    finally:
+        await cache.stop()
 
 
 def create_app(config: Config) -> web.Application:
@@ -84,9 +96,11 @@ def create_app(config: Config) -> web.Application:
     app[config_key] = config
     app.on_response_prepare.append(default_headers)
     app.cleanup_ctx.append(_database)
-    app.cleanup_ctx.append(_client)
-    health_api.add_routes(app)
+    app.cleanup_ctx.append(_clients)
+    app.cleanup_ctx.append(_cache)
+    system_api.add_routes(app)
     datasources_api.add_routes(app)
+    plugins_api.add_routes(app)
     accounts_api.add_routes(app)
-    proxy.add_routes(app)
+    proxy_api.add_routes(app)
     return app

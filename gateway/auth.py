@@ -1,4 +1,6 @@
-"""Who is calling (basic auth admin, service account tokens), in which org, and what they may do."""
+"""Who is calling (basic auth admin, service account tokens), in which org, and what they may do:
+`authorize(request, action, scope)` is the one check every path asks, with id and name scopes resolved to
+the data source's uid as Grafana resolves them."""
 
 from __future__ import annotations
 
@@ -16,8 +18,21 @@ import msgspec
 from aiohttp import web
 
 from gateway.accounts import AccountStore, TokenGrant, is_well_formed_token, token_hash
+from gateway.backends.base import Context
 from gateway.config import Config
-from gateway.errors import AccessDenied, Unauthorized, invalid_api_key
+from gateway.errors import (
+    AccessDenied,
+    DataSourceAccessDenied,
+    DataSourceNotFound,
+    GatewayError,
+    Unauthorized,
+    api_key_other_org,
+    bad_credentials,
+    expired_api_key,
+    invalid_api_key,
+    revoked_api_key,
+)
+from gateway.keys import authenticator_key, cache_key, identity_key, store_key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Permissions = Mapping[str, frozenset[str]]
@@ -162,7 +177,7 @@ class Authenticator:
         user_ok = hmac.compare_digest(user.encode(), self._admin_user)
         password_ok = hmac.compare_digest(password.encode(), self._admin_password)
         if not (user_ok and password_ok):
-            raise Unauthorized("Invalid username or password", "password-auth.failed")
+            raise bad_credentials()
         org_id = requested_org or 1
         # the admin is Admin of every org that exists; elsewhere it has no role (spec-crud §2)
         role = "Admin" if await self._org_exists(org_id) else "None"
@@ -191,15 +206,13 @@ class Authenticator:
             self._tokens.put(hashed, grant)
         assert isinstance(grant, TokenGrant)
         if grant.revoked:
-            raise Unauthorized("Revoked API key", "api-key.revoked")
+            raise revoked_api_key()
         if grant.expires is not None and grant.expires <= datetime.now(UTC):
-            raise Unauthorized("Expired API key", "api-key.expired")
+            raise expired_api_key()
         if grant.disabled:
             raise invalid_api_key()
         if requested_org and requested_org != grant.org_id:
-            raise Unauthorized(
-                "API key does not belong to the requested organization", "api-key.organization-mismatch",
-            )
+            raise api_key_other_org()
         return Identity(
             kind="service-account", id=grant.service_account_id, login=grant.login, org_id=grant.org_id,
             role=grant.role, permissions=role_permissions(grant.role, grant.permissions),
@@ -223,10 +236,40 @@ def require(identity: Identity, action: str, scope: str | None = None) -> None:
         raise AccessDenied(action)
 
 
-_PUBLIC = frozenset({"/api/health"})
+async def authorize(request: web.Request, action: str, scope: str | None = None) -> Identity:
+    """RBAC as Grafana evaluates it: the scope as given, then id/name scopes resolved to the uid."""
+    identity = request[identity_key]
+    if identity.can(action, scope):
+        return identity
+    if scope is not None and scope.startswith(("datasources:id:", "datasources:name:")):
+        kind, _, value = scope.removeprefix("datasources:").partition(":")
+        store = request.app[store_key]
+        try:
+            if kind == "id":
+                ds = await store.get_data_source(identity.org_id, id=int(value))
+            else:
+                ds = await store.get_data_source(identity.org_id, name=value)
+        except (ValueError, DataSourceNotFound):
+            raise AccessDenied(action) from None
+        if identity.can(action, f"datasources:uid:{ds.uid}"):
+            return identity
+    raise AccessDenied(action)
 
-authenticator_key = web.AppKey("authenticator", Authenticator)
-identity_key = web.RequestKey("identity", Identity)
+
+async def queryable(request: web.Request, reference: str, not_found: type[GatewayError]) -> tuple[Identity, Context]:
+    """The caller and the data source named by `<id>` or `uid/<uid>`, if the caller may query it; a missing
+    one raises `not_found` (each path has Grafana's own message for it)."""
+    identity = await authorize(request, "datasources:query")
+    try:
+        context = await request.app[cache_key].resolve(identity.org_id, reference)
+    except DataSourceNotFound:
+        raise not_found() from None
+    if not identity.can("datasources:query", f"datasources:uid:{context.ds.uid}"):
+        raise DataSourceAccessDenied()
+    return identity, context
+
+
+_PUBLIC = frozenset({"/api/health"})
 
 
 @web.middleware

@@ -27,7 +27,6 @@ class Server(msgspec.Struct, frozen=True, kw_only=True):
 class Database(msgspec.Struct, frozen=True, kw_only=True):
     url: str = ""
     max_open_conn: int = 10
-    max_idle_conn: int = 2
     query_timeout: float = 10.0
 
 
@@ -141,7 +140,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         return frozenset(names)
 
     @property
-    def cores(self) -> int:
+    def worker_count(self) -> int:
         """Worker processes to start: [server] workers, or one per core when 0."""
         return self.server.workers or (os.cpu_count() or 1)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -84,7 +84,6 @@ class SecretBox:
         """Seal every non-empty value (an empty value means: remove the secret)."""
         return {field: self.seal(field, value) for field, value in values.items() if value}
 
-    def open_all(self, sealed: Mapping[str, str], only: Iterable[str] | None = None) -> dict[str, str]:
-        """Decrypt the sealed values (or just the named ones) of one data source."""
-        fields = sealed.keys() if only is None else [f for f in only if f in sealed]
-        return {field: self.open(field, sealed[field]) for field in fields}
+    def open_all(self, sealed: Mapping[str, str]) -> dict[str, str]:
+        """Decrypt the sealed values of one data source."""
+        return {field: self.open(field, value) for field, value in sealed.items()}

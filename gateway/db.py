@@ -1,4 +1,4 @@
-"""The asyncpg pool, its codecs, and the translation of database failures into domain errors."""
+"""The asyncpg pool of gateway's own database, its codecs, and named statements; failures via errors.translate."""
 
 from __future__ import annotations
 
@@ -11,17 +11,7 @@ import asyncpg
 import msgspec
 
 from gateway.config import Database as DatabaseConfig
-from gateway.errors import BadRequestData, DatabaseUnavailable, GatewayError
-
-# Failures that mean "Postgres is not there right now", as opposed to a bad statement.
-UNAVAILABLE = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.OperatorInterventionError,
-)
+from gateway.errors import DatabaseUnavailable, translate
 
 
 async def _init_connection(conn: Any) -> None:
@@ -50,17 +40,15 @@ class Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Any]:
-        """A pooled connection; outages become 503s and invalid data 400s, by exception class."""
+        """A pooled connection; outages become 503s and invalid data 400s (errors.translate)."""
         try:
             async with self.pool.acquire(timeout=self._acquire_timeout) as conn:
                 yield conn
-        except GatewayError:
-            raise
-        except asyncpg.DataError:
-            # e.g. a NUL character or an out-of-range number sent by the client
-            raise BadRequestData() from None
-        except UNAVAILABLE as error:
-            raise DatabaseUnavailable() from error
+        except Exception as error:
+            known = translate(error, database=True)
+            if known is None or known is error:
+                raise
+            raise known from error
 
     async def ping(self) -> bool:
         """True when Postgres answers SELECT 1 within two seconds."""

@@ -1,20 +1,24 @@
-"""Domain errors with Grafana's exact statuses and messages, and the one middleware that renders them."""
+"""Every error a client can see, with Grafana's exact status and message, and `translate()`: the one place
+that turns outside exceptions (msgspec, asyncpg, the upstream client, timeouts) into them.
+
+Code anywhere raises these; `responses.error_middleware` renders them, and the query path (one result per
+refId) calls `translate()` itself. No message is written anywhere else.
+"""
 
 from __future__ import annotations
 
-import logging
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import msgspec
-from aiohttp import web
 
-from gateway.wire import json_response
+from gateway.http.pool import UpstreamError, UpstreamHeadersTooLarge, UpstreamTimeout
 
-log = logging.getLogger("gateway")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+def go_quote(value: str) -> str:
+    """A string as Go's %q writes it in Grafana's messages and log lines (backslash and quote escaped)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class GatewayError(Exception):
@@ -50,6 +54,8 @@ class GatewayError(Exception):
         return body
 
 
+# -- requests -------------------------------------------------------------------------------------------
+
 class BadRequestData(GatewayError):
     status, message, trace = 400, "bad request data", True
 
@@ -62,8 +68,109 @@ class UidInvalidPath(GatewayError):
     status, message = 400, "UID is invalid"
 
 
+class NotFound(GatewayError):
+    status, message = 404, "Not found"
+
+
+class MethodNotAllowed(GatewayError):
+    """405 with the Allow header listing what the route takes."""
+
+    status, message = 405, "Method not allowed"
+
+    def __init__(self, allowed: str) -> None:
+        super().__init__(headers={"Allow": allowed})
+
+
+class RequestBodyTooLarge(GatewayError):
+    status, message = 413, "Request body too large"
+
+
+class PageInvalid(GatewayError):
+    status, message = 400, "limit and page must be positive integers"
+
+
+# -- authentication and authorization ---------------------------------------------------------------------
+
+class AccessDenied(GatewayError):
+    """403 from the RBAC middleware (E4), naming the permission that was needed."""
+
+    status = 403
+
+    def __init__(self, needed: str) -> None:
+        super().__init__(f"You'll need additional permissions to perform this action. Permissions needed: {needed}")
+
+    def body(self) -> dict[str, Any]:
+        """E4: a random ACE reference, the message and the title."""
+        reference = "ACE" + "".join(secrets.choice("0123456789") for _ in range(10))
+        return {"accessErrorId": reference, "message": self.message, "title": "Access denied"}
+
+
+class DataSourceAccessDenied(GatewayError):
+    status, message, trace = 403, "Access denied to datasource", True
+
+
+class Unauthorized(GatewayError):
+    """401 as written by Grafana's WriteErrOrFallback: E3 plus `"extra": null`."""
+
+    status, message, message_id = 401, "Unauthorized", "auth.unauthorized"
+
+    def __init__(self, message: str | None = None, message_id: str | None = None) -> None:
+        if message_id is not None:
+            self.message_id = message_id
+        super().__init__(message)
+
+    def body(self) -> dict[str, Any]:
+        """E3 with the `extra` key Grafana's 401 writer always adds."""
+        return {**super().body(), "extra": None}
+
+
+def invalid_api_key() -> Unauthorized:
+    """401 for a token that is malformed or unknown."""
+    return Unauthorized("Invalid API key", "api-key.invalid")
+
+
+def bad_credentials() -> Unauthorized:
+    """401 for a wrong user name or password."""
+    return Unauthorized("Invalid username or password", "password-auth.failed")
+
+
+def revoked_api_key() -> Unauthorized:
+    """401 for a revoked token."""
+    return Unauthorized("Revoked API key", "api-key.revoked")
+
+
+def expired_api_key() -> Unauthorized:
+    """401 for a token past its expiry."""
+    return Unauthorized("Expired API key", "api-key.expired")
+
+
+def api_key_other_org() -> Unauthorized:
+    """401 for a token used with another org's id."""
+    return Unauthorized("API key does not belong to the requested organization", "api-key.organization-mismatch")
+
+
+# -- data sources ---------------------------------------------------------------------------------------
+
 class DataSourceNotFound(GatewayError):
     status, message = 404, "Data source not found"
+
+
+class DataSourceNotFoundTraced(GatewayError):
+    """The not-found of the health, resources and query paths (E2)."""
+
+    status, message, trace = 404, "Data source not found", True
+
+
+class ProxyDataSourceNotFound(GatewayError):
+    status, message, trace = 404, "Unable to find datasource", True
+
+
+class DataSourceIdMissing(GatewayError):
+    status, message = 400, "Datasource id is missing"
+
+
+class DataSourceIdInvalidForDelete(GatewayError):
+    status, message = 400, "Missing valid datasource id"
 
 
 class DataSourceNameExists(GatewayError):
@@ -96,83 +203,192 @@ class DataSourceUidInvalid(GatewayError):
     status, message, message_id = 400, "Invalid datasource UID.", "datasource.uidInvalid"
 
 
+class DataSourceUidMismatch(GatewayError):
+    status = 400
+    message = "The uid in the request body does not match the data source's uid; uids cannot be changed"
+
+
 class InvalidURL(GatewayError):
     status, message, trace = 400, "Validation error, invalid URL", True
 
 
-class DataSourceReadOnly(GatewayError):
+class InvalidHeaderSetting(GatewayError):
+    """A custom HTTP header (jsonData.httpHeaderNameN / secureJsonData.httpHeaderValueN) that cannot be sent."""
+
+    status, trace = 400, True
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"Validation error, invalid HTTP header in {field}")
+
+
+class InvalidTextSetting(GatewayError):
+    """A field that reaches the data source's requests (user, database, ...) holding control characters."""
+
+    status, trace = 400, True
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"Validation error, control characters in {field}")
+
+
+class TeamHeadersRefused(GatewayError):
+    status = 403
+    message = "Cannot create datasource with team HTTP headers, need to use updateDatasourceLBACRules API"
+
+
+class DataSourceReadOnlyUpdate(GatewayError):
+    status, message = 403, "Cannot update read-only data source"
+
+
+class DataSourceReadOnlyDelete(GatewayError):
+    status, message = 403, "Cannot delete read-only data source"
+
+
+class DataSourceAddFailed(GatewayError):
+    status, message, trace = 500, "Failed to add datasource", True
+
+
+class InvalidDataSourceURL(GatewayError):
+    """A stored URL the data source cannot be called at (Grafana's NewDataSourceProxy error)."""
+
+    status, trace = 400, True
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"Invalid data source URL: {go_quote(url)}")
+
+
+class TLSConfigError(GatewayError):
+    status, message, trace = 400, "Unable to load TLS certificate", True
+
+
+# -- plugins (health, resources) --------------------------------------------------------------------------
+
+class PluginNotRegistered(GatewayError):
+    status, message, message_id = 404, "Plugin not registered", "plugin.notRegistered"
+
+
+class MethodNotImplemented(GatewayError):
+    status, message, message_id = 404, "Method not implemented", "plugin.notImplemented"
+
+
+# -- the data source proxy and every outgoing call -----------------------------------------------------------
+
+class ProxyForbidden(GatewayError):
+    """A request the data source's route rules or the whitelist refuse (Grafana's proxy 403s)."""
+
     status = 403
 
 
-class AccessDenied(GatewayError):
-    """403 from the RBAC middleware (E4), naming the permission that was needed."""
-
-    status = 403
-
-    def __init__(self, needed: str) -> None:
-        super().__init__(f"You'll need additional permissions to perform this action. Permissions needed: {needed}")
-
-    def body(self) -> dict[str, Any]:
-        """E4: a random ACE reference, the message and the title."""
-        reference = "ACE" + "".join(secrets.choice("0123456789") for _ in range(10))
-        return {"accessErrorId": reference, "message": self.message, "title": "Access denied"}
+def not_whitelisted() -> ProxyForbidden:
+    """[security] data_source_proxy_whitelist does not list the data source's host."""
+    return ProxyForbidden("Data proxy hostname and ip are not included in whitelist")
 
 
-class Unauthorized(GatewayError):
-    """401 as written by Grafana's WriteErrOrFallback: E3 plus `"extra": null`."""
-
-    status, message, message_id = 401, "Unauthorized", "auth.unauthorized"
-
-    def __init__(self, message: str | None = None, message_id: str | None = None) -> None:
-        if message_id is not None:
-            self.message_id = message_id
-        super().__init__(message)
-
-    def body(self) -> dict[str, Any]:
-        """E3 with the `extra` key Grafana's 401 writer always adds."""
-        return {**super().body(), "extra": None}
+def route_denied() -> ProxyForbidden:
+    """A plugin route that needs a higher role than the caller's."""
+    return ProxyForbidden("plugin proxy route access denied")
 
 
-def invalid_api_key() -> Unauthorized:
-    """401 for a token that is malformed or unknown."""
-    return Unauthorized("Invalid API key", "api-key.invalid")
+def method_refused(method: str, ds_type: str) -> ProxyForbidden:
+    """A write method that no route of a Prometheus-like data source allows."""
+    return ProxyForbidden(f"non allow-listed {method}s not allowed on proxied {ds_type} datasource")
 
+
+def elasticsearch_refused(method: str) -> ProxyForbidden:
+    """Elasticsearch takes reads and POST /_msearch only."""
+    if method == "POST":
+        return ProxyForbidden("posts not allowed on proxied Elasticsearch datasource except on /_msearch")
+    return ProxyForbidden(f"{method.lower()}s not allowed on proxied Elasticsearch datasource")
+
+
+class ProxyPathClimbs(GatewayError):
+    status, message = 400, "Invalid proxy path: dot-segments may not climb above the data source URL"
+
+
+class UpstreamUnavailable(GatewayError):
+    status, message = 502, "Bad Gateway: the data source could not be reached"
+
+
+class UpstreamNoHost(GatewayError):
+    status, message = 502, "Bad Gateway: the data source has no host in its URL"
+
+
+class UpstreamRequestInvalid(GatewayError):
+    """Stored settings (URL path, header) that no valid HTTP request can carry, as Go's transport refuses them."""
+
+    status, message = 502, "Bad Gateway: the data source's settings do not form a valid HTTP request"
+
+
+class UpstreamTimedOut(GatewayError):
+    status, message = 504, "Gateway Timeout: the data source did not answer in time"
+
+
+class UpstreamTooLarge(GatewayError):
+    status, message = 502, "Bad Gateway: the data source's response exceeds [dataproxy] response_limit"
+
+
+class UpstreamHeadTooLarge(GatewayError):
+    status, message = 502, "Bad Gateway: the data source's response headers exceed the gateway's limits"
+
+
+# -- the database, accounts -------------------------------------------------------------------------------
 
 class DatabaseUnavailable(GatewayError):
     status, message, trace = 503, "Database unavailable", True
 
 
-class NotFound(GatewayError):
-    status, message = 404, "Not found"
+class OrganizationNameTaken(GatewayError):
+    status, message, trace = 409, "Organization name taken", True
 
 
-def _render(error: GatewayError) -> web.Response:
-    response = json_response(error.body(), status=error.status)
-    if error.headers:
-        response.headers.update(error.headers)
-    return response
+class OrganizationNotFound(GatewayError):
+    status, message = 404, "organization not found"
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into Grafana's JSON error body; the only place that does so."""
-    try:
-        return await handler(request)
-    except GatewayError as error:
-        return _render(error)
-    except msgspec.DecodeError:
-        return _render(BadRequestData())
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        if error.status == 404:
-            return _render(NotFound())
-        if error.status == 413:
-            return _render(GatewayError("Request body too large", status=413))
-        allow = {"Allow": error.headers["Allow"]} if "Allow" in error.headers else None
-        return _render(GatewayError(error.reason, status=error.status, headers=allow))
-    except ConnectionResetError:
-        raise
-    except Exception:
-        log.exception("unhandled error", extra={"method": request.method, "path": request.path})
-        return _render(GatewayError())
+class ServiceAccountExists(GatewayError):
+    status, message, trace = 409, "service account already exists", True
+
+
+class ServiceAccountNotFound(GatewayError):
+    status, message = 404, "service account not found"
+
+
+class TokenNameExists(GatewayError):
+    status, message = 409, "service account token with given name already exists"
+
+
+class TokenNotFound(GatewayError):
+    status, message = 404, "service account token not found"
+
+
+# -- translation ------------------------------------------------------------------------------------------
+
+# asyncpg failures that mean "Postgres is not there right now", as opposed to a bad statement
+_DATABASE_DOWN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+)
+
+
+def translate(error: BaseException, *, database: bool = False) -> GatewayError | None:
+    """The GatewayError a client sees for `error`, or None when it is unexpected (a logged 500).
+
+    `database=True` says the error came from talking to gateway's own Postgres, where a socket error or a
+    timeout means the database is unavailable.
+    """
+    if isinstance(error, GatewayError):
+        return error
+    if isinstance(error, msgspec.DecodeError | msgspec.ValidationError | RecursionError):
+        return BadRequestData()
+    if isinstance(error, UpstreamError):
+        if isinstance(error, UpstreamTimeout):
+            return UpstreamTimedOut()
+        if isinstance(error, UpstreamHeadersTooLarge):
+            return UpstreamHeadTooLarge()
+        return UpstreamUnavailable()
+    if isinstance(error, asyncpg.DataError):
+        return BadRequestData()  # e.g. a NUL character or an out-of-range number sent by the client
+    if isinstance(error, _DATABASE_DOWN) or (database and isinstance(error, OSError | TimeoutError)):
+        return DatabaseUnavailable()
+    return None

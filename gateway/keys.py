@@ -1,27 +1,34 @@
-"""Typed keys for everything the app and a request carry."""
+"""Every typed key the app and a request carry, defined here and nowhere else.
+
+The types are imported for the type checker only, so this module depends on nothing of gateway's at run
+time and anything may import it.
+"""
 
 from __future__ import annotations
 
-import aiohttp
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
-from gateway.accounts import AccountStore
-from gateway.auth import authenticator_key, identity_key
-from gateway.cache import DataSourceCache
-from gateway.config import Config
-from gateway.crypto import SecretBox
-from gateway.db import Database
-from gateway.store import DataSourceStore
+if TYPE_CHECKING:
+    from gateway.accounts import AccountStore
+    from gateway.auth import Authenticator, Identity
+    from gateway.config import Config
+    from gateway.crypto import SecretBox
+    from gateway.datasources.cache import DataSourceCache
+    from gateway.datasources.service import DataSourceService
+    from gateway.datasources.store import DataSourceStore
+    from gateway.db import Database
+    from gateway.http.client import Clients
 
-config_key = web.AppKey("config", Config)
-db_key = web.AppKey("db", Database)
-box_key = web.AppKey("box", SecretBox)
-store_key = web.AppKey("store", DataSourceStore)
-accounts_key = web.AppKey("accounts", AccountStore)
-cache_key = web.AppKey("cache", DataSourceCache)
-client_key = web.AppKey("client", aiohttp.ClientSession)
+config_key: web.AppKey[Config] = web.AppKey("config")
+db_key: web.AppKey[Database] = web.AppKey("db")
+box_key: web.AppKey[SecretBox] = web.AppKey("box")
+store_key: web.AppKey[DataSourceStore] = web.AppKey("store")
+service_key: web.AppKey[DataSourceService] = web.AppKey("service")
+accounts_key: web.AppKey[AccountStore] = web.AppKey("accounts")
+authenticator_key: web.AppKey[Authenticator] = web.AppKey("authenticator")
+cache_key: web.AppKey[DataSourceCache] = web.AppKey("cache")
+clients_key: web.AppKey[Clients] = web.AppKey("clients")
 
-__all__ = [
-    "accounts_key", "authenticator_key", "box_key", "cache_key", "client_key", "config_key", "db_key",
-    "identity_key", "store_key",
-]
+identity_key: web.RequestKey[Identity] = web.RequestKey("identity")

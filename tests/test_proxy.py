@@ -8,14 +8,15 @@ import logging
 import os
 import socket
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from aiohttp import web
 from yarl import URL
 
+from gateway.api.proxy import climbs_above_base, sanitize_uri
 from gateway.app import create_app
-from gateway.proxy import clean_relative_path, climbs_above_base, sanitize_uri
-from gateway.transport import join_path
+from gateway.http.client import clean_path, join_path
 from tests.conftest import ADMIN, make_config
 from tests.tls import TestCA, make_tls
 
@@ -128,12 +129,17 @@ def test_join_url_fragments(base, suffix, joined):
 
 
 def test_route_matching_uses_normalised_decoded_paths():
-    assert clean_relative_path("/api/v1//status/flags") == "api/v1/status/flags"
-    assert clean_relative_path("api/v1/status/%66lags") == "api/v1/status/flags"
-    assert clean_relative_path("x/../api/v1/query") == "api/v1/query"
-    assert clean_relative_path("") == ""
+    assert clean_path(unquote("/api/v1//status/flags")) == "api/v1/status/flags"
+    assert clean_path(unquote("api/v1/status/%66lags")) == "api/v1/status/flags"
+    assert clean_path(unquote("x/../api/v1/query")) == "api/v1/query"
+    assert clean_path("") == ""
     assert climbs_above_base("../admin") and climbs_above_base("a/../../b") and climbs_above_base("%2e%2E/x")
     assert not climbs_above_base("a/../b") and not climbs_above_base("a/./b/")
+
+
+def test_encoded_slashes_cannot_hide_dot_segments():
+    assert climbs_above_base("..%2f..%2fetc") and climbs_above_base("%2e%2e%2f%2e%2e%2fetc%2fpasswd")
+    assert climbs_above_base("a%2F..%2F..%2Fb") and not climbs_above_base("a%2F..%2Fb")
 
 
 # -- routing, paths, queries ---------------------------------------------------------------------
@@ -552,7 +558,7 @@ async def test_upstream_sockets_use_tcp_keep_alive(client, upstream):
     await add(client, url)
     assert (await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)).status == 200
     entry = await client.app[cache_key].get(1, uid="up")
-    conn = entry.transport.pool._idle[0]
+    conn = entry.http.pool._idle[0]
     sock = conn.transport.get_extra_info("socket")
     assert sock.getsockopt(socket_module.SOL_SOCKET, socket_module.SO_KEEPALIVE) == 1
     assert sock.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_KEEPIDLE) == 30
@@ -596,7 +602,7 @@ async def test_a_closed_pool_is_a_502_not_a_500(client, upstream):
     await add(client, url)
     assert (await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)).status == 200
     entry = await client.app[cache_key].get(1, uid="up")
-    await entry.transport.close()  # as a replaced transport is, once its grace period is over
+    await entry.http.close()  # as a replaced client is, once its grace period is over
     response = await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)
     assert response.status == 502 and "message" in await response.json()
 

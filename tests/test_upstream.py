@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.upstream import (
+from gateway.http.pool import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamPool,

@@ -8,12 +8,11 @@ import msgspec
 from aiohttp import web
 
 from gateway.accounts import ROLES
-from gateway.api.datasources import parse_id
 from gateway.auth import require
+from gateway.binding import bind, parse_id
 from gateway.errors import BadRequestData
 from gateway.keys import accounts_key, authenticator_key, identity_key
-from gateway.models import bind
-from gateway.wire import json_response
+from gateway.responses import json_response
 
 MAX_SECONDS_TO_LIVE = 100 * 365 * 24 * 3600
 

@@ -1,21 +1,21 @@
-"""PostgreSQL: health connects with asyncpg and runs SELECT 1."""
+"""PostgreSQL: health runs SELECT 1 on the data source's own pool (bounded, closed when it changes)."""
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from typing import Any
 
 import asyncpg
 
-from gateway.backends import HealthResult, NotImplementedByBackend, ResourceRequest, ResourceResponse
-from gateway.models import DataSource
-from gateway.transport import Transport
+from gateway.backends.base import Backend, Context, HealthResult, core_plugin
 
 CONNECT_TIMEOUT = 10.0
+DEFAULT_MAX_OPEN_CONNS = 10  # Grafana's jsonData.maxOpenConns default for SQL data sources
 
 
-def connect_options(ds: DataSource, secrets: Mapping[str, str]) -> dict[str, object]:
-    """asyncpg.connect() keyword arguments from Grafana's fields (url is host[:port], or a socket directory)."""
+def connect_options(ctx: Context) -> dict[str, Any]:
+    """asyncpg connection keyword arguments from Grafana's fields (url is host[:port], or a socket directory)."""
+    ds = ctx.ds
     host, _, port = ds.url.rpartition(":") if ds.url.count(":") == 1 else (ds.url, "", "")
     mode = str(ds.options.get("sslmode", "require"))
     tls: object = False
@@ -28,21 +28,35 @@ def connect_options(ds: DataSource, secrets: Mapping[str, str]) -> dict[str, obj
     return {
         "host": host or "localhost", "port": int(port) if port.isdigit() else 5432,
         "database": ds.database or str(ds.options.get("database", "")) or None,
-        "user": ds.user or None, "password": secrets.get("password"), "ssl": tls,
+        "user": ds.user or None, "password": ctx.secrets.get("password"), "ssl": tls,
         "timeout": CONNECT_TIMEOUT, "command_timeout": CONNECT_TIMEOUT,
     }
 
 
-class Postgres:
-    async def check_health(self, ds: DataSource, secrets: Mapping[str, str], transport: Transport,
-                           is_admin: bool) -> HealthResult:
-        """Connect and SELECT 1; admins see why it failed (Grafana's detailed message), others a summary."""
+def max_open_conns(ctx: Context) -> int:
+    """jsonData.maxOpenConns when positive, else Grafana's default."""
+    value = ctx.ds.options.get("maxOpenConns")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else DEFAULT_MAX_OPEN_CONNS
+
+
+async def pool(ctx: Context) -> Any:
+    """The data source's asyncpg pool: connections opened on demand, at most maxOpenConns."""
+    async def open_pool() -> Any:
+        return await asyncpg.create_pool(min_size=0, max_size=max_open_conns(ctx), **connect_options(ctx))
+
+    return await ctx.resource("postgres", open_pool)
+
+
+class Postgres(Backend):
+    plugin = core_plugin("grafana-postgresql-datasource", "PostgreSQL", "postgresql_logo.svg", "postgres")
+    served = True
+
+    async def check_health(self, ctx: Context, is_admin: bool) -> HealthResult:
+        """SELECT 1 on the pool; admins see why it failed (Grafana's detailed message), others a summary."""
         try:
-            conn = await asyncpg.connect(**connect_options(ds, secrets))
-            try:
+            connections = await pool(ctx)
+            async with connections.acquire(timeout=CONNECT_TIMEOUT) as conn:
                 await conn.fetchval("SELECT 1")
-            finally:
-                await conn.close()
         except asyncpg.PostgresError as error:
             code = getattr(error, "sqlstate", "") or ""
             detail = f"Database error: Failed to connect to the postgres server. Postgres error code: {code}"
@@ -51,8 +65,3 @@ class Postgres:
             detail = f"Network error: Failed to connect to the server. Error message: {type(error).__name__}: {error}"
             return HealthResult(status="ERROR", message=detail if is_admin else "Database connection failed")
         return HealthResult(message="Database Connection OK", status="OK")
-
-    async def call_resource(self, ds: DataSource, secrets: Mapping[str, str], transport: Transport,
-                            request: ResourceRequest) -> ResourceResponse:
-        """No resources."""
-        raise NotImplementedByBackend

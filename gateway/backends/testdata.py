@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import msgspec
 
-from gateway.backends import HealthResult, ResourceRequest, ResourceResponse
-from gateway.models import DataSource
-from gateway.transport import Transport
+from gateway.backends.base import Backend, Context, HealthResult, ResourceRequest, core_plugin
+from gateway.http.client import Answer
 
 SCENARIOS: tuple[tuple[str, str], ...] = (
     ("random_walk", "Random Walk"),
@@ -30,23 +27,22 @@ SCENARIOS: tuple[tuple[str, str], ...] = (
 )
 
 
-class TestData:
+class TestData(Backend):
     __test__ = False  # not a pytest class
+    plugin = core_plugin("grafana-testdata-datasource", "TestData", "testdata.svg", "testdata")
+    served = True
 
-    async def check_health(self, ds: DataSource, secrets: Mapping[str, str], transport: Transport,
-                           is_admin: bool) -> HealthResult:
+    async def check_health(self, ctx: Context, is_admin: bool) -> HealthResult:
         """Always OK, as Grafana's TestData."""
         return HealthResult(message="Data source is working", status="OK")
 
-    async def call_resource(self, ds: DataSource, secrets: Mapping[str, str], transport: Transport,
-                            request: ResourceRequest) -> ResourceResponse:
+    async def call_resource(self, ctx: Context, request: ResourceRequest) -> Answer:
         """`scenarios` lists them; every other path says hello (GET) or answers empty."""
         if request.path.strip("/") == "scenarios":
             body = msgspec.json.encode([
                 {"id": sid, "name": name, "description": "", "stringInput": ""} for sid, name in SCENARIOS
             ])
-            return ResourceResponse(200, [("Content-Type", "application/json")], body)
+            return Answer(200, [("Content-Type", "application/json")], body)
         if request.method == "GET":
-            return ResourceResponse(200, [("Content-Type", "text/plain; charset=utf-8")],
-                                    b"Hello world from test datasource!")
-        return ResourceResponse(200, [], b"")
+            return Answer(200, [("Content-Type", "text/plain; charset=utf-8")], b"Hello world from test datasource!")
+        return Answer(200, [], b"")

@@ -4,15 +4,12 @@ SELECT pg_advisory_xact_lock(7201, $1::int);
 
 -- name: list_data_sources
 -- $1 org id, $2 row limit (NULL: all). Which rows a limited list returns, as Grafana: by name.
-SELECT id, org_id, version, type, name, access, url, "user", database, basic_auth, basic_auth_user,
-       with_credentials, is_default, json_data, secure_json_data, read_only, uid, api_version, updated
+SELECT *
 FROM data_source WHERE org_id = $1 ORDER BY name LIMIT $2;
 
 -- name: search_data_sources
 -- $1 org id, $2 types (NULL: any), $3 name substring, case-insensitive (NULL: any), $4 limit, $5 offset.
-SELECT id, org_id, version, type, name, access, url, "user", database, basic_auth, basic_auth_user,
-       with_credentials, is_default, json_data, secure_json_data, read_only, uid, api_version, updated,
-       count(*) OVER () AS total
+SELECT *, count(*) OVER () AS total
 FROM data_source
 WHERE org_id = $1
   AND ($2::text[] IS NULL OR type = any($2::text[]))
@@ -26,16 +23,14 @@ SELECT name FROM data_source WHERE org_id = $1;
 
 -- name: get_data_source
 -- $1 org id, then exactly one of $2 id, $3 uid, $4 name (the others NULL) -> the row or nothing.
-SELECT id, org_id, version, type, name, access, url, "user", database, basic_auth, basic_auth_user,
-       with_credentials, is_default, json_data, secure_json_data, read_only, uid, api_version, updated
+SELECT *
 FROM data_source
 WHERE org_id = $1 AND ($2::bigint IS NULL OR id = $2) AND ($3::text IS NULL OR uid = $3)
   AND ($4::text IS NULL OR name = $4);
 
 -- name: lock_data_source
 -- Same parameters as get_data_source; locks the row for the rest of the transaction.
-SELECT id, org_id, version, type, name, access, url, "user", database, basic_auth, basic_auth_user,
-       with_credentials, is_default, json_data, secure_json_data, read_only, uid, api_version, updated
+SELECT *
 FROM data_source
 WHERE org_id = $1 AND ($2::bigint IS NULL OR id = $2) AND ($3::text IS NULL OR uid = $3)
   AND ($4::text IS NULL OR name = $4)
@@ -43,8 +38,7 @@ FOR UPDATE;
 
 -- name: get_data_sources_by_uid
 -- $1 org id, $2 uids -> the rows among them that exist.
-SELECT id, org_id, version, type, name, access, url, "user", database, basic_auth, basic_auth_user,
-       with_credentials, is_default, json_data, secure_json_data, read_only, uid, api_version, updated
+SELECT *
 FROM data_source WHERE org_id = $1 AND uid = any($2::text[]);
 
 -- name: data_source_uid_taken
@@ -56,8 +50,7 @@ SELECT 1 FROM data_source WHERE org_id = $1 AND uid = $2;
 INSERT INTO data_source (org_id, type, name, access, url, "user", database, basic_auth, basic_auth_user,
                          with_credentials, is_default, json_data, secure_json_data, uid, read_only, api_version)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-RETURNING id, org_id, version, type, name, access, url, "user", database, basic_auth, basic_auth_user,
-          with_credentials, is_default, json_data, secure_json_data, read_only, uid, api_version, updated;
+RETURNING *;
 
 -- name: clear_default_data_source
 -- $1 org id, $2 id of the data source that keeps the flag.
@@ -77,8 +70,7 @@ UPDATE data_source SET
     secure_json_data = (secure_json_data - $16::text[]) || $17::jsonb,
     read_only = false, updated = now()
 WHERE org_id = $1 AND id = $2 AND ($3::int = 0 OR version <= $3::int)
-RETURNING id, org_id, version, type, name, access, url, "user", database, basic_auth, basic_auth_user,
-          with_credentials, is_default, json_data, secure_json_data, read_only, uid, api_version, updated;
+RETURNING *;
 
 -- name: data_source_name_taken
 -- $1 org id, $2 name, $3 id to ignore -> a row when another data source has the name.

@@ -43,6 +43,10 @@ class UpstreamProtocolError(UpstreamError):
     """The upstream sent a malformed response or closed the connection before the response ended."""
 
 
+class UpstreamHeadersTooLarge(UpstreamProtocolError):
+    """The upstream's response head exceeds the pool's header limits."""
+
+
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _IDEMPOTENCY_KEYS = frozenset({"idempotency-key", "x-idempotency-key"})
@@ -613,6 +617,7 @@ class UpstreamPool:
         idle_timeout: float = 90.0,
         read_buffer: int = 1 << 20,
         keepalive: float = 0.0,
+        receive_buffer: memoryview | None = None,
     ) -> None:
         self._host = host
         self._keepalive = int(keepalive)
@@ -626,7 +631,8 @@ class UpstreamPool:
         self._idle_timeout = idle_timeout
         self._read_buffer = read_buffer
         # One receive buffer per pool: large enough that one recv can move up to read_buffer bytes.
-        self._rbuf = memoryview(bytearray(max(16 * 1024, min(read_buffer, 1 << 20))))
+        self._rbuf = receive_buffer if receive_buffer is not None else memoryview(
+            bytearray(max(16 * 1024, min(read_buffer, 1 << 20))))
         name = f"[{host}]" if ":" in host and not host.startswith("[") else host
         default_port = 443 if ssl is not None else 80
         self._host_line = f"Host: {name}\r\n" if port == default_port else f"Host: {name}:{port}\r\n"

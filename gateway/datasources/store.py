@@ -7,25 +7,28 @@ from typing import Any
 
 import asyncpg
 
+from gateway.datasources.models import (
+    AddDataSourceCommand,
+    DataSource,
+    UidGenerator,
+    UpdateDataSourceCommand,
+    validate_uid,
+)
 from gateway.db import Database
 from gateway.errors import (
+    DataSourceAddFailed,
     DataSourceNameExists,
     DataSourceNotFound,
-    DataSourceReadOnly,
+    DataSourceReadOnlyDelete,
+    DataSourceReadOnlyUpdate,
     DataSourceUidExists,
+    DataSourceUidMismatch,
     DataSourceUpdateNameExists,
     DataSourceVersionConflict,
-    GatewayError,
 )
-from gateway.models import AddDataSourceCommand, DataSource, UpdateDataSourceCommand, new_uid, validate_uid
 
 # Called with (org_id, data source id, uid) after every committed write; the cache listens here.
 ChangeListener = Callable[[int, int, str], Any]
-
-
-class DataSourceUidMismatch(GatewayError):
-    status = 400
-    message = "The uid in the request body does not match the data source's uid; uids cannot be changed"
 
 
 class DataSourceStore:
@@ -35,6 +38,7 @@ class DataSourceStore:
         self._db = db
         self._q = db.queries
         self.listeners: list[ChangeListener] = []
+        self._uids = UidGenerator()
 
     async def list_data_sources(self, org_id: int, limit: int) -> list[DataSource]:
         """Up to `limit` data sources of the org (chosen by name; limit <= 0 means all)."""
@@ -85,11 +89,11 @@ class DataSourceStore:
                 validate_uid(uid)
             else:
                 for _ in range(3):
-                    uid = new_uid()
+                    uid = self._uids.new()
                     if await conn.fetchrow(self._q["data_source_uid_taken"], org_id, uid) is None:
                         break
                 else:
-                    raise GatewayError("Failed to add datasource", trace=True)
+                    raise DataSourceAddFailed()
             json_data = cmd.json_data if cmd.json_data is not None else {}
             try:
                 row = await conn.fetchrow(
@@ -122,7 +126,7 @@ class DataSourceStore:
                 raise DataSourceNotFound()
             current = DataSource.from_record(current_row)
             if current.read_only:
-                raise DataSourceReadOnly("Cannot update read-only data source")
+                raise DataSourceReadOnlyUpdate()
             if cmd.uid:
                 validate_uid(cmd.uid)
                 if cmd.uid != current.uid:
@@ -157,7 +161,7 @@ class DataSourceStore:
             if row is None:
                 raise DataSourceNotFound()
             if row["read_only"]:
-                raise DataSourceReadOnly("Cannot delete read-only data source")
+                raise DataSourceReadOnlyDelete()
             await conn.execute(self._q["delete_data_source"], org_id, row["id"])
             await self._notify(conn, row)
         ds = DataSource.from_record(row)

@@ -7,14 +7,12 @@ import secrets
 import time
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
-from gateway.errors import BadRequestData, DataSourceUidInvalid, InvalidURL
-
-T = TypeVar("T")
+from gateway.errors import DataSourceUidInvalid, InvalidHeaderSetting, InvalidTextSetting, InvalidURL
 
 
 class AddDataSourceCommand(msgspec.Struct, kw_only=True, rename="camel"):
@@ -130,55 +128,6 @@ class DataSourceSaved(msgspec.Struct, kw_only=True):
     name: str
 
 
-# -- binding ------------------------------------------------------------------------------------
-
-_field_names: dict[type, dict[str, str]] = {}
-
-
-def _wire_names(cls: type) -> dict[str, str]:
-    names = _field_names.get(cls)
-    if names is None:
-        names = {f.encode_name.lower(): f.encode_name for f in msgspec.structs.fields(cls)}
-        _field_names[cls] = names
-    return names
-
-
-def bind(body: bytes, content_type: str | None, cls: type[T]) -> T:
-    """Decode a request body into `cls` as Grafana's web.Bind does, or raise BadRequestData.
-
-    Keys match case-insensitively, the last duplicate wins, `null` means the zero value, unknown
-    keys are ignored, and an empty body is an empty object. Types are strict: "3" is not an int.
-    """
-    if not body.strip():
-        raw: Any = {}
-    else:
-        media_type = (content_type or "").split(";", 1)[0].strip().lower()
-        if media_type != "application/json":
-            raise BadRequestData()
-        try:
-            raw = msgspec.json.decode(body)
-        except msgspec.DecodeError:
-            raise BadRequestData() from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise BadRequestData()
-    names = _wire_names(cls)
-    fields: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = names.get(key.lower())
-        if name is None:
-            continue
-        if value is None:
-            fields.pop(name, None)
-        else:
-            fields[name] = value
-    try:
-        return msgspec.convert(fields, cls, strict=True)
-    except msgspec.ValidationError:
-        raise BadRequestData() from None
-
-
 # -- validation ---------------------------------------------------------------------------------
 
 MAX_NAME_BYTES = 190
@@ -209,20 +158,24 @@ def validate_uid(uid: str) -> None:
 
 
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
-_node = secrets.randbelow(1024)
-_sequence = secrets.randbelow(4096)
 
 
-def new_uid() -> str:
-    """A ~14 character uid like Grafana's newest: letter a-f, base-36 snowflake id, letter a-f."""
-    global _sequence
-    _sequence = (_sequence + 1) % 4096
-    snowflake = ((int(time.time() * 1000) - 1288834974657) << 22) | (_node << 12) | _sequence
-    digits = []
-    while snowflake:
-        snowflake, rest = divmod(snowflake, 36)
-        digits.append(_B36[rest])
-    return secrets.choice("abcdef") + "".join(reversed(digits)) + secrets.choice("abcdef")
+class UidGenerator:
+    """~14 character uids like Grafana's newest: letter a-f, base-36 snowflake id, letter a-f."""
+
+    def __init__(self) -> None:
+        self._node = secrets.randbelow(1024)
+        self._sequence = secrets.randbelow(4096)
+
+    def new(self) -> str:
+        """The next uid (a millisecond clock, this generator's node and a 12-bit sequence)."""
+        self._sequence = (self._sequence + 1) % 4096
+        snowflake = ((int(time.time() * 1000) - 1288834974657) << 22) | (self._node << 12) | self._sequence
+        digits = []
+        while snowflake:
+            snowflake, rest = divmod(snowflake, 36)
+            digits.append(_B36[rest])
+        return secrets.choice("abcdef") + "".join(reversed(digits)) + secrets.choice("abcdef")
 
 
 def validate_url(ds_type: str, url: str) -> str:
@@ -241,6 +194,43 @@ def validate_url(ds_type: str, url: str) -> str:
         raise InvalidURL() from None
     if not re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*$", parts.scheme) or any(ord(c) < 0x20 or c == "\x7f" for c in target):
         raise InvalidURL()
-    if " " in parts.netloc or re.search(r"%(?![0-9A-Fa-f]{2})", target):
-        raise InvalidURL()
+    if " " in target or re.search(r"%(?![0-9A-Fa-f]{2})", target):
+        raise InvalidURL()  # Grafana takes a space in the path; no valid request line can carry it unescaped
     return target
+
+
+# RFC 9110 token: what Go's transport accepts as a header name
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# field-value bytes Go accepts: anything but control characters other than horizontal tab
+_BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def custom_header_names(options: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """(N, name) for jsonData.httpHeaderNameN, N = 1, 2, ... up to the first gap (Grafana's loop)."""
+    names = []
+    n = 1
+    while name := str(options.get(f"httpHeaderName{n}") or "").strip():
+        names.append((n, name))
+        n += 1
+    return names
+
+
+def is_valid_header_value(value: str) -> bool:
+    """True when Go's transport would send `value` as a header field value."""
+    return _BAD_HEADER_VALUE.search(value) is None
+
+
+def validate_request_settings(cmd: AddDataSourceCommand) -> None:
+    """Refuse settings that would make every later call to the data source fail: custom header names that
+    are not RFC 9110 tokens, header values or request fields holding control characters."""
+    options = cmd.json_data if isinstance(cmd.json_data, dict) else {}
+    for n, name in custom_header_names(options):
+        if not HEADER_NAME.fullmatch(name):
+            raise InvalidHeaderSetting(f"jsonData.httpHeaderName{n}")
+    for field, value in (cmd.secure_json_data or {}).items():
+        if field.startswith("httpHeaderValue") and not is_valid_header_value(value):
+            raise InvalidHeaderSetting(f"secureJsonData.{field}")
+    for field, value in (("user", cmd.user), ("database", cmd.database), ("basicAuthUser", cmd.basic_auth_user)):
+        if _CONTROL.search(value):
+            raise InvalidTextSetting(field)

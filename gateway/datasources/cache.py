@@ -1,4 +1,5 @@
-"""Data sources, their opened secrets and transports, cached in process; kept fresh by LISTEN/NOTIFY.
+"""Data sources ready for use (their opened secrets and clients, as backend Contexts), cached in process and
+kept fresh by LISTEN/NOTIFY; `resolve(org, reference)` is how every path finds one.
 
 Every write commits a NOTIFY on CHANNEL; each replica listens and drops what changed. While the
 listening connection is down nothing is cached (every lookup reads Postgres), so a replica can
@@ -16,75 +17,64 @@ from typing import Any
 
 import asyncpg
 
-from gateway.config import DataProxy
+from gateway.backends.base import Context
+from gateway.backends.registry import backend_for
+from gateway.binding import parse_id
 from gateway.crypto import SecretBox
-from gateway.models import DataSource
-from gateway.store import DataSourceStore
-from gateway.transport import Transport
+from gateway.datasources.models import is_valid_uid_chars
+from gateway.datasources.store import DataSourceStore
+from gateway.errors import UidInvalidPath
+from gateway.http.client import Clients
 
 log = logging.getLogger("gateway")
 
 CHANNEL = "gateway_datasource"
 MAX_ENTRIES = 10_000
 UNTRUSTED_TTL = 1.0
-# seconds a replaced transport stays open for the requests that already hold it
+# seconds a replaced data source's clients stay open for the requests that already hold them
 RETIRE_GRACE = 10.0
-
-
-class Entry:
-    """One data source with its decrypted secrets and (lazily) its transport."""
-
-    __slots__ = ("_transport", "ds", "expires", "proxy", "secrets")
-
-    def __init__(self, ds: DataSource, secrets: dict[str, str], proxy: DataProxy, expires: float) -> None:
-        self.ds = ds
-        self.expires = expires
-        self.secrets = secrets
-        self.proxy = proxy
-        self._transport: Transport | None = None
-
-    @property
-    def transport(self) -> Transport:
-        """The data source's transport, built on first use (raises for a bad URL or TLS material)."""
-        if self._transport is None:
-            self._transport = Transport(self.ds, self.secrets, self.proxy)
-        return self._transport
-
-    async def close(self) -> None:
-        """Release the transport's connections."""
-        if self._transport is not None:
-            await self._transport.close()
+Key = tuple[str, int, object]
 
 
 class DataSourceCache:
-    """(org, id) and (org, uid) -> Entry, valid while this replica hears every change."""
+    """(org, id) and (org, uid) -> Context, valid while this replica hears every change."""
 
-    def __init__(self, store: DataSourceStore, box: SecretBox, proxy: DataProxy) -> None:
+    def __init__(self, store: DataSourceStore, box: SecretBox, clients: Clients) -> None:
         self._store = store
         self._box = box
-        self._proxy = proxy
-        self._entries: dict[tuple[str, int, object], Entry] = {}
+        self._clients = clients
+        self._entries: dict[Key, tuple[float, Context]] = {}
         # bumped by every invalidation: a load that raced with a change is used once, not cached
         self._generation = 0
         self._listening = False
         self._listener: Any = None
         self._task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        self._retiring: dict[int, tuple[asyncio.TimerHandle, Entry]] = {}
-        self._loading: dict[tuple[str, int, object], asyncio.Task[Entry]] = {}
+        self._retiring: dict[int, tuple[asyncio.TimerHandle, Context]] = {}
+        self._loading: dict[Key, asyncio.Task[Context]] = {}
         store.listeners.append(self.invalidate)
 
-    async def get(self, org_id: int, *, id: int | None = None, uid: str | None = None) -> Entry:
+    async def resolve(self, org_id: int, reference: str) -> Context:
+        """The org's data source named by `<id>` or `uid/<uid>` (as in the proxy, health and resources
+        paths); DataSourceNotFound, IdInvalid or UidInvalidPath otherwise."""
+        if reference.startswith("uid/"):
+            uid = reference[4:]
+            if not is_valid_uid_chars(uid):
+                raise UidInvalidPath()
+            return await self.get(org_id, uid=uid)
+        return await self.get(org_id, id=parse_id(reference, trace=True))
+
+    async def get(self, org_id: int, *, id: int | None = None, uid: str | None = None) -> Context:
         """The data source by id or uid, from memory when possible; DataSourceNotFound otherwise.
 
         Concurrent misses for one key share a single load (no stampede on Postgres).
         """
-        key = ("id", org_id, id) if id is not None else ("uid", org_id, uid)
-        entry = self._entries.get(key)
-        if entry is not None:
-            if entry.expires > time.monotonic():
-                return entry
-            self._drop(entry)
+        key: Key = ("id", org_id, id) if id is not None else ("uid", org_id, uid)
+        hit = self._entries.get(key)
+        if hit is not None:
+            if hit[0] > time.monotonic():
+                return hit[1]
+            self._drop(hit[1])
         loading = self._loading.get(key)
         if loading is None:
             loading = asyncio.get_running_loop().create_task(self._load(key, org_id, id, uid))
@@ -92,47 +82,49 @@ class DataSourceCache:
             loading.add_done_callback(lambda _: self._loading.pop(key, None))
         return await asyncio.shield(loading)
 
-    async def _load(self, key: tuple[str, int, object], org_id: int, id: int | None, uid: str | None) -> Entry:
+    async def _load(self, key: Key, org_id: int, id: int | None, uid: str | None) -> Context:
         generation = self._generation
         ds = await self._store.get_data_source(org_id, id=id, uid=uid)
         trusted = self._listening and generation == self._generation
         expires = math.inf if trusted else time.monotonic() + UNTRUSTED_TTL
-        entry = Entry(ds, self._box.open_all(ds.secure_json_data), self._proxy, expires)
+        context = Context(ds, self._box.open_all(ds.secure_json_data), backend_for(ds.type), self._clients)
         if len(self._entries) >= MAX_ENTRIES:
             self.clear()
         for old_key in (("id", ds.org_id, ds.id), ("uid", ds.org_id, ds.uid)):
             old = self._entries.get(old_key)
-            if old is not None and old is not entry:
-                self._drop(old)
-            self._entries[old_key] = entry
-        return entry
+            if old is not None and old[1] is not context:
+                self._drop(old[1])
+            self._entries[old_key] = (expires, context)
+        return context
 
     def invalidate(self, org_id: int, ds_id: int, uid: str) -> None:
         """Forget one data source (it changed); loads in flight are used once but not trusted."""
         self._generation += 1
         for key in (("id", org_id, ds_id), ("uid", org_id, uid)):
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._drop(entry)
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._drop(hit[1])
 
     def clear(self) -> None:
         """Forget everything."""
         self._generation += 1
-        for entry in {id(e): e for e in self._entries.values()}.values():
-            self._drop(entry)
+        for context in {id(c): c for _, c in self._entries.values()}.values():
+            self._drop(context)
 
-    def _drop(self, entry: Entry) -> None:
-        """Remove an entry; its transport closes after a grace period, so requests that already
-        hold it still complete (and the proxy retries once on a closed pool anyway)."""
-        for key in (("id", entry.ds.org_id, entry.ds.id), ("uid", entry.ds.org_id, entry.ds.uid)):
-            if self._entries.get(key) is entry:
+    def _drop(self, context: Context) -> None:
+        """Forget a data source; its clients close after a grace period, so requests that already
+        hold them still complete (and the proxy retries once on a closed pool anyway)."""
+        ds = context.ds
+        for key in (("id", ds.org_id, ds.id), ("uid", ds.org_id, ds.uid)):
+            hit = self._entries.get(key)
+            if hit is not None and hit[1] is context:
                 del self._entries[key]
-        handle = asyncio.get_running_loop().call_later(RETIRE_GRACE, self._close_now, entry)
-        self._retiring[id(entry)] = (handle, entry)
+        handle = asyncio.get_running_loop().call_later(RETIRE_GRACE, self._close_now, context)
+        self._retiring[id(context)] = (handle, context)
 
-    def _close_now(self, entry: Entry) -> None:
-        self._retiring.pop(id(entry), None)
-        task = asyncio.get_running_loop().create_task(entry.close())
+    def _close_now(self, context: Context) -> None:
+        self._retiring.pop(id(context), None)
+        task = asyncio.get_running_loop().create_task(context.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
@@ -177,7 +169,7 @@ class DataSourceCache:
             await asyncio.sleep(delay)
 
     async def stop(self) -> None:
-        """Stop listening and close every transport."""
+        """Stop listening and close every data source's clients."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -186,8 +178,8 @@ class DataSourceCache:
             await self._listener.close()
         self._listening = False
         self.clear()
-        for handle, entry in list(self._retiring.values()):
+        for handle, context in list(self._retiring.values()):
             handle.cancel()
-            self._close_now(entry)
+            self._close_now(context)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
