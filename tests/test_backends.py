@@ -259,3 +259,88 @@ async def test_resource_errors_before_the_data_source_is_asked(client):
     response = await client.get("/api/datasources/uid/down/resources/api/v1/labels", headers=ADMIN)
     assert response.status == 502
     assert await response.json() == {"message": "Bad Gateway: the data source could not be reached"}
+
+
+# -- resources follow the proxy's rules (one seam for every outgoing call) ----------------------------------
+
+async def test_prometheus_resources_refuse_writes_and_admin_routes_as_the_proxy_does(client, prometheus, make_token):
+    fake, url = prometheus
+    await add(client, name="p", uid="p", type="prometheus", url=url)
+    viewer = await make_token("Viewer")
+    before = len(fake.requests)
+    for method in ("PUT", "DELETE", "PATCH"):
+        response = await client.request(method, "/api/datasources/uid/p/resources/api/v1/admin/tsdb/delete_series",
+                                        headers=viewer)
+        assert response.status == 405 and response.headers["Allow"] == "GET, POST", method
+    response = await client.post("/api/datasources/uid/p/resources/api/v1/admin/tsdb/delete_series", headers=viewer)
+    assert response.status == 403
+    assert await response.json() == {"message": "non allow-listed POSTs not allowed on proxied prometheus datasource"}
+    response = await client.get("/api/datasources/uid/p/resources/api/v1/status/flags", headers=viewer)
+    assert response.status == 403 and (await response.json())["message"] == "plugin proxy route access denied"
+    assert len(fake.requests) == before  # nothing reached Prometheus
+    response = await client.post("/api/datasources/uid/p/resources/api/v1/labels", headers=viewer)
+    assert response.status == 200 and fake.requests[-1][:2] == ("POST", "/api/v1/labels")
+
+
+async def test_the_whitelist_applies_to_health_and_resources_too(aiohttp_client, database_url, prometheus):
+    from gateway.app import create_app
+    from tests.conftest import make_config
+
+    fake, url = prometheus
+    client = await aiohttp_client(create_app(make_config(
+        database_url, security={"data_source_proxy_whitelist": ("elsewhere:9090",)})))
+    await add(client, name="p", uid="p", type="prometheus", url=url)
+    refused = {"message": "Data proxy hostname and ip are not included in whitelist"}
+    for path in ("/api/datasources/uid/p/health", "/api/datasources/uid/p/resources/api/v1/labels",
+                 "/api/datasources/proxy/uid/p/api/v1/labels"):
+        response = await client.get(path, headers=ADMIN)
+        assert (response.status, await response.json()) == (403, refused), path
+    assert fake.requests == []
+
+
+async def test_resources_ask_for_gzip_and_answer_decoded(client, aiohttp_server):
+    import gzip
+
+    seen = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Accept-Encoding"))
+        return web.Response(body=gzip.compress(b'{"status":"success","data":["a"]}'),
+                            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    await add(client, name="p", uid="p", type="prometheus", url=f"http://127.0.0.1:{server.port}")
+    response = await client.get("/api/datasources/uid/p/resources/api/v1/labels", headers=ADMIN)
+    assert response.status == 200 and await response.json() == {"status": "success", "data": ["a"]}
+    assert "Content-Encoding" not in response.headers and seen == ["gzip"]
+
+
+async def test_a_gzip_bomb_from_a_resource_is_a_502(client, aiohttp_server):
+    import gzip
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=gzip.compress(bytes(64 << 20)), headers={"Content-Encoding": "gzip"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    await add(client, name="p", uid="p", type="prometheus", url=f"http://127.0.0.1:{server.port}")
+    response = await client.get("/api/datasources/uid/p/resources/api/v1/labels", headers=ADMIN)
+    assert response.status == 502 and (await response.json())["message"].startswith("Bad Gateway")
+
+
+async def test_postgres_data_sources_get_their_own_bounded_pool_closed_on_change(client, database_url):
+    from gateway.keys import cache_key
+
+    parts = urlsplit(database_url)
+    await add(client, name="pg", uid="pg", type="grafana-postgresql-datasource",
+              url=f"{parts.hostname}:{parts.port or 5432}", user=parts.username or "postgres",
+              database=parts.path.lstrip("/"), jsonData={"sslmode": "disable", "maxOpenConns": 3})
+    assert (await client.get("/api/datasources/uid/pg/health", headers=ADMIN)).status == 200
+    ctx = await client.app[cache_key].get(1, uid="pg")
+    pool = await ctx.resource("postgres", None)  # opened by the health check: the factory is not called again
+    assert pool.get_max_size() == 3 and ctx._http is None  # no HTTP pool for a SQL data source
+    await ctx.close()
+    assert pool._closed

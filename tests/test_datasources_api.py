@@ -438,3 +438,52 @@ async def test_health_and_frontend_settings(client):
     response = await client.get("/api/frontend/settings", headers=ADMIN)
     assert (await response.json())["buildInfo"]["version"] == "12.4.0"
     assert (await client.get("/api/frontend/settings")).status == 401
+
+
+# -- settings that no request could carry are refused at write time ----------------------------------------
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"jsonData": {"httpHeaderName1": "X-H1\rX"}, "secureJsonData": {"httpHeaderValue1": "v"}},
+     "Validation error, invalid HTTP header in jsonData.httpHeaderName1"),
+    ({"jsonData": {"httpHeaderName1": "Bad Name"}},
+     "Validation error, invalid HTTP header in jsonData.httpHeaderName1"),
+    ({"jsonData": {"httpHeaderName1": "X-H1", "httpHeaderName2": "X-Ü"}},
+     "Validation error, invalid HTTP header in jsonData.httpHeaderName2"),
+    ({"jsonData": {"httpHeaderName1": "X-H1"}, "secureJsonData": {"httpHeaderValue1": "evil\r\nX: 1"}},
+     "Validation error, invalid HTTP header in secureJsonData.httpHeaderValue1"),
+    ({"url": "http://127.0.0.1:1/c d"}, "Validation error, invalid URL"),
+    ({"type": "influxdb_08", "database": "db\r\nX: 1"}, "Validation error, control characters in database"),
+    ({"user": "u\nx"}, "Validation error, control characters in user"),
+])
+async def test_settings_that_cannot_be_sent_are_refused_on_create_and_update(client, db, extra, message):
+    response = await client.post("/api/datasources", json=prom(**extra), headers=ADMIN)
+    assert response.status == 400
+    assert await response.json() == {"message": message, "traceID": ""}
+    assert await db.fetchval("SELECT count(*) FROM data_source") == 0
+    created = await (await client.post("/api/datasources", json=prom(), headers=ADMIN)).json()
+    response = await client.put(f"/api/datasources/uid/{created['datasource']['uid']}",
+                                json=prom(**extra), headers=ADMIN)
+    assert response.status == 400 and (await response.json())["message"] == message
+    assert await db.fetchval("SELECT url FROM data_source") == "http://prom:9090"
+
+
+async def test_a_header_value_in_the_message_is_never_echoed(client):
+    response = await client.post("/api/datasources", headers=ADMIN, json=prom(
+        jsonData={"httpHeaderName1": "X-Key"}, secureJsonData={"httpHeaderValue1": "s3cr3t\n"}))
+    assert response.status == 400 and "s3cr3t" not in await response.text()
+
+
+@pytest.mark.parametrize("depth", [101, 990, 5000])
+async def test_deeply_nested_json_is_bad_request_data(client, db, depth):
+    body = '{"name":"x","type":"prometheus","access":"proxy","jsonData":' + "[" * depth + "]" * depth + "}"
+    for method, path in (("POST", "/api/datasources"), ("PUT", "/api/datasources/uid/none")):
+        response = await client.request(method, path, data=body,
+                                        headers={**ADMIN, "Content-Type": "application/json"})
+        assert response.status == 400 and await response.json() == {"message": "bad request data", "traceID": ""}
+    assert await db.fetchval("SELECT count(*) FROM data_source") == 0
+
+
+async def test_nesting_up_to_the_bound_is_accepted(client):
+    body = '{"name":"x","type":"prometheus","access":"proxy","jsonData":{"a":' + "[" * 98 + "]" * 98 + "}}"
+    response = await client.post("/api/datasources", data=body, headers={**ADMIN, "Content-Type": "application/json"})
+    assert response.status == 200

@@ -703,3 +703,119 @@ async def test_path_ids_are_parsed_as_go_parses_them(client, upstream):
             response = await client.get(URL(path, encoded=True), headers=ADMIN)
             assert response.status == 400, path
             assert (await response.json())["message"] == "id is invalid"
+
+
+# -- found by probing the running service ---------------------------------------------------------------
+
+async def test_websocket_handshakes_never_share_cookies_between_callers(client, aiohttp_server, make_token):
+    seen: list[str | None] = []
+
+    async def handshake(request: web.Request) -> web.WebSocketResponse:
+        seen.append(request.headers.get("Cookie"))
+        ws = web.WebSocketResponse()
+        ws.set_cookie("tracker", f"set-for-call-{len(seen)}")
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handshake)
+    server = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{server.port}"
+    await add(client, url, name="a", uid="a")
+    await add(client, url, name="b", uid="b")
+    response = await client.post("/api/orgs", json={"name": "other"}, headers=ADMIN)
+    other_org = await make_token("Viewer", org_id=(await response.json())["orgId"])
+    org2 = {**ADMIN, "X-Grafana-Org-Id": str((await response.json())["orgId"])}
+    await client.post("/api/datasources", json={"name": "c", "uid": "c", "type": "generic-http", "access": "proxy",
+                                                "url": url}, headers=org2)
+    for uid, headers in (("a", await make_token("Viewer")), ("b", await make_token("Viewer")), ("c", other_org)):
+        async with client.ws_connect(f"/api/datasources/proxy/uid/{uid}/ws", headers=headers) as ws:
+            await ws.receive(timeout=5)
+    assert seen == [None, None, None]
+
+
+@pytest.mark.parametrize(("status", "body"), [(200, b"ok"), (200, b""), (201, b""), (204, b"")])
+async def test_an_upstream_answer_without_content_type_passes_through(client, status, body):
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        length = b"" if status == 204 else b"Content-Length: %d\r\n" % len(body)
+        writer.write(b"HTTP/1.1 %d X\r\n%s\r\n%s" % (status, length, body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        await add(client, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        response = await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)
+        assert response.status == status and await response.read() == body
+
+
+async def test_rows_stored_before_the_write_checks_answer_502_not_500(client, db, upstream):
+    recorder, url = upstream
+    await add(client, url, name="a", uid="a", secureJsonData={"httpHeaderValue1": "v"})
+    await add(client, url, name="b", uid="b", type="influxdb_08")
+    await add(client, url, name="c", uid="c")
+    # as rows written before the checks existed: straight into the table
+    await db.execute("UPDATE data_source SET json_data = '{\"httpHeaderName1\": \"Bad Name\"}' WHERE uid = 'a'")
+    await db.execute("UPDATE data_source SET database = E'db\\r\\nX: 1' WHERE uid = 'b'")
+    await db.execute("UPDATE data_source SET url = $1 WHERE uid = 'c'", url + "/c d")
+    before = len(recorder.requests)
+    for uid in ("a", "c"):
+        for path in (f"/api/datasources/proxy/uid/{uid}/x", f"/api/datasources/uid/{uid}/resources/x"):
+            response = await client.get(path, headers=ADMIN)
+            assert response.status in (400, 404, 502), (path, response.status)
+    response = await client.get("/api/datasources/proxy/uid/a/x", headers=ADMIN)
+    assert response.status == 502
+    invalid = "Bad Gateway: the data source's settings do not form a valid HTTP request"
+    assert await response.json() == {"message": invalid}
+    response = await client.get("/api/datasources/proxy/uid/c/x", headers=ADMIN)
+    assert response.status == 400
+    assert await response.json() == {"message": f'Invalid data source URL: "{url}/c d"', "traceID": ""}
+    assert len(recorder.requests) == before
+    response = await client.get("/api/datasources/proxy/uid/b/query", headers=ADMIN)
+    # the database goes into the path escaped, as Go writes it: the upstream's router itself answers
+    assert (response.status, await response.text()) == (404, "404: Not Found")
+
+
+def test_influxdb_08_escapes_the_database_into_its_path():
+    from gateway.backends.influxdb import InfluxDB08
+
+    class Stored:
+        ds = type("DS", (), {"user": "u", "database": "db\r\nX: 1/.."})()
+        secrets = {"password": "p w"}
+
+    path, query = InfluxDB08().proxy_target(Stored(), "query", "q=select+1")  # type: ignore[arg-type]
+    assert (path, query) == ("db/db%0D%0AX%3A%201%2F../query", "p=p+w&q=select+1&u=u")
+
+
+@pytest.mark.parametrize("path", ["..%2f..%2fetc", "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "a%2F..%2F..%2Fetc"])
+async def test_encoded_slashes_cannot_climb_above_the_data_source_url(client, upstream, path):
+    recorder, url = upstream
+    await add(client, url + "/base/")
+    response = await client.get(URL(f"/api/datasources/proxy/uid/up/{path}", encoded=True), headers=ADMIN)
+    assert response.status == 400
+    assert recorder.requests == []
+
+
+async def test_te_trailers_is_not_advertised_upstream(client, upstream):
+    recorder, url = upstream
+    await add(client, url)
+    response = await client.get("/api/datasources/proxy/uid/up/x", headers={**ADMIN, "TE": "trailers"})
+    assert response.status == 200 and "TE" not in recorder.requests[-1]["headers"]
+
+
+async def test_invalid_custom_header_names_never_reach_the_upstream(client, db, upstream):
+    recorder, url = upstream
+    await add(client, url, jsonData={"httpHeaderName1": "X-Good"}, secureJsonData={"httpHeaderValue1": "v"})
+    response = await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)
+    assert response.status == 200 and recorder.requests[-1]["headers"]["X-Good"] == "v"
+    for bad in ("Bad Name", "X-H1: evil\tX", "X-Ü"):
+        await db.execute("UPDATE data_source SET json_data = jsonb_build_object('httpHeaderName1', $1::text),"
+                         " version = version + 1", bad)
+        await db.execute("SELECT pg_notify('gateway_datasource', '1:1:up')")
+        await asyncio.sleep(0.2)
+        count = len(recorder.requests)
+        response = await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)
+        assert response.status == 502, bad
+        assert len(recorder.requests) == count
