@@ -34,3 +34,58 @@ def test_freed_body_memory_is_reused_not_faulted_in_again():
     pages = 8 * (400 << 10) // 4096  # one round's chunks
     assert default > 16 * pages, (default, tuned)  # glibc's defaults: fresh pages round after round
     assert tuned < 2 * pages, (default, tuned)  # fixed thresholds: the first round's pages are reused
+
+
+async def test_three_hundred_data_sources_proxied_once_each_keep_the_worker_under_150_mib(
+        database_url, aiohttp_server, unused_tcp_port):
+    import asyncio
+    import os
+    import time
+    from pathlib import Path
+
+    import aiohttp
+    from aiohttp import web
+
+    from tests.conftest import ADMIN
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    upstream = await aiohttp_server(app)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "GF_DATABASE_URL": database_url, "GF_SERVER_HTTP_PORT": str(unused_tcp_port),
+           "GF_SERVER_HTTP_ADDR": "127.0.0.1", "GF_SERVER_WORKERS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, cwd=root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{unused_tcp_port}"
+    try:
+        async with aiohttp.ClientSession(headers=ADMIN, timeout=aiohttp.ClientTimeout(total=30)) as session:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    async with session.get(base + "/api/health") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                assert time.monotonic() < deadline and process.poll() is None, "gateway did not start"
+                await asyncio.sleep(0.1)
+
+            async def one(n: int) -> None:
+                body = {"name": f"ds{n}", "uid": f"ds{n}", "type": "prometheus", "access": "proxy",
+                        "url": f"http://127.0.0.1:{upstream.port}"}
+                async with session.post(base + "/api/datasources", json=body) as response:
+                    assert response.status == 200
+                async with session.get(f"{base}/api/datasources/proxy/uid/ds{n}/api/v1/labels") as response:
+                    assert response.status == 200
+
+            for start in range(0, 300, 20):
+                await asyncio.gather(*(one(n) for n in range(start, start + 20)))
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        rss_kib = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+        assert rss_kib < 150 * 1024, f"the serving worker holds {rss_kib >> 10} MiB"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
