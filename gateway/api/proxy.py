@@ -102,7 +102,8 @@ def upstream_headers(
         lower = name.lower()
         if lower in _REQUEST_DROP:
             if lower == "x-ds-authorization":
-                out.append(("Authorization", value))
+                if value:
+                    out.append(("Authorization", value))
             elif lower == "cookie":
                 cookies.append(value)
             elif lower == "referer":

@@ -4,7 +4,7 @@ Context it is handed for one data source. A backend never sees a web.Request."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -86,11 +86,11 @@ class Context:
             self._http = self._clients.open(self.ds, self.secrets, self._backend.check_route)
         return self._http
 
-    async def resource(self, name: str, open_: Callable[[], Awaitable[Closable]]) -> Any:
+    async def resource(self, name: str, open_: Callable[[], Coroutine[Any, Any, Closable]]) -> Any:
         """A per-data-source resource (a SQL connection pool), opened once by `open_` and shared."""
         task = self._resources.get(name)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            task = self._resources[name] = asyncio.get_running_loop().create_task(open_())  # type: ignore[arg-type]
+            task = self._resources[name] = asyncio.get_running_loop().create_task(open_())
         return await asyncio.shield(task)
 
     async def close(self) -> None:
