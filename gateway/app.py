@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -26,6 +27,7 @@ from gateway.keys import (
     client_key,
     config_key,
     db_key,
+    draining_key,
     store_key,
 )
 from gateway.sql import MIGRATION_LOCK, load_queries, migrate
@@ -82,6 +84,7 @@ def create_app(config: Config) -> web.Application:
         middlewares=[error_middleware, auth_middleware],
     )
     app[config_key] = config
+    app[draining_key] = asyncio.Event()
     app.on_response_prepare.append(default_headers)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_client)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
 
@@ -20,8 +22,10 @@ store_key = web.AppKey("store", DataSourceStore)
 accounts_key = web.AppKey("accounts", AccountStore)
 cache_key = web.AppKey("cache", DataSourceCache)
 client_key = web.AppKey("client", aiohttp.ClientSession)
+# set from SIGTERM/SIGINT on: /api/health answers 503 while the worker drains (gateway.__main__)
+draining_key = web.AppKey("draining", asyncio.Event)
 
 __all__ = [
     "accounts_key", "authenticator_key", "box_key", "cache_key", "client_key", "config_key", "db_key",
-    "identity_key", "store_key",
+    "draining_key", "identity_key", "store_key",
 ]
