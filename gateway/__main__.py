@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 import socket
 import sys
+import threading
+import time
 from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
+from types import FrameType
 
 import msgspec
 from aiohttp import web
@@ -21,6 +28,7 @@ from gateway.config import Config, ConfigError
 from gateway.crypto import SecretKeyMismatch, unwrap_key, wrap_key
 from gateway.embedded import start_embedded_postgres
 from gateway.errors import DatabaseUnavailable
+from gateway.keys import draining_key
 
 log = logging.getLogger("gateway")
 
@@ -62,15 +70,106 @@ def _retain_freed_memory() -> None:
     mallopt(_M_TRIM_THRESHOLD, 64 << 20)
 
 
+# Shutdown, from the first SIGTERM or SIGINT (README, "Shutdown"): /api/health answers 503 at once; the
+# listener stays open for min(DRAIN_SECONDS, shutdown_timeout / 2) so the pod can leave the load balancer's
+# rotation, new requests meanwhile served as usual but each response closing its connection; then the
+# listener closes and the worker waits for the requests in flight; at shutdown_timeout whatever still runs
+# is cancelled; cleanup_ctx runs and the process is gone within shutdown_timeout + SHUTDOWN_MARGIN.
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+DRAIN_SECONDS = 5.0
+SHUTDOWN_MARGIN = 1.0
+_CANCEL_WAIT = 0.25  # aiohttp's wait (per phase) for a cancelled handler to unwind, inside SHUTDOWN_MARGIN
+
+
 def _serve_worker(config: Config, sock: socket.socket | None) -> None:
     _retain_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        runner.run(_serve(config, sock))
+
+
+async def _serve(config: Config, sock: socket.socket | None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and stop within [server] shutdown_timeout (+ the margin)."""
+    loop = asyncio.get_running_loop()
+    budget = max(config.server.shutdown_timeout, 0.0)
     app = create_app(config)
-    where: dict[str, object] = {"sock": sock} if sock is not None else {
-        "host": config.server.http_addr or None, "port": config.server.http_port,
-    }
-    web.run_app(app, **where, print=None, access_log=None, handler_cancellation=True,  # type: ignore[arg-type]
-                shutdown_timeout=config.server.shutdown_timeout, loop=_new_loop())
+    app.on_response_prepare.append(_close_while_draining)
+    signalled: asyncio.Future[float] = loop.create_future()  # loop.time() of the first signal
+
+    def on_signal(signum: int) -> None:
+        if signalled.done():
+            return  # Ctrl+C reaches a worker from the terminal and again from the parent: one shutdown
+        signalled.set_result(loop.time())
+        app[draining_key].set()
+        _exit_after(budget + SHUTDOWN_MARGIN)
+        log.info("%s: draining (pid %d), requests still running in %gs are cancelled", signal.Signals(signum).name,
+                 os.getpid(), budget)
+
+    for signum in SIGNALS:
+        loop.add_signal_handler(signum, on_signal, signum)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # serve() blocks them across the fork
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=_CANCEL_WAIT)
+    await runner.setup()
+    try:
+        if not signalled.done():  # a signal during startup: never start listening
+            site: web.BaseSite
+            if sock is not None:
+                site = web.SockSite(runner, sock)
+            else:
+                site = web.TCPSite(runner, config.server.http_addr or None, config.server.http_port)
+            await site.start()
+            log.info("serving (pid %d)", os.getpid())
+            await _drain(runner, await signalled, budget)
+    finally:
+        if signalled.done():
+            try:
+                async with asyncio.timeout_at(signalled.result() + budget + SHUTDOWN_MARGIN / 2):
+                    await runner.cleanup()  # cancelled handlers unwind (2 x _CANCEL_WAIT at most), cleanup_ctx
+            except TimeoutError:
+                log.warning("shutdown: cleanup did not finish within %gs of shutdown_timeout", SHUTDOWN_MARGIN / 2)
+        else:
+            await runner.cleanup()
+
+
+async def _drain(runner: web.AppRunner, signalled_at: float, budget: float) -> None:
+    """Keep serving for the drain period, stop listening, wait for requests in flight until the deadline."""
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(signalled_at + min(DRAIN_SECONDS, budget / 2) - loop.time())
+    for site in runner.sites:
+        await site.stop()
+    await asyncio.sleep(0)  # connections accepted just before get their handler before the idle ones close
+    server = runner.server
+    assert server is not None
+    server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their response
+    try:
+        async with asyncio.timeout_at(signalled_at + budget):
+            await server.shutdown(None)  # returns when the last handler has finished
+    except TimeoutError:
+        # aiohttp's own shutdown(timeout) would wait `timeout` again after cancelling: abort instead, as a
+        # client leaving does, so handler_cancellation cancels each handler right away
+        busy = [conn.transport for conn in server.connections if conn.transport is not None]
+        log.warning("shutdown_timeout: cancelling %d request(s) still running", len(busy))
+        for transport in busy:
+            transport.abort()
+
+
+async def _close_while_draining(request: web.Request, response: web.StreamResponse) -> None:
+    """While draining, every response closes its connection: a keep-alive client reconnects to a ready pod."""
+    if request.app[draining_key].is_set() and response.status != 101:  # a WebSocket upgrade needs its own
+        response.force_close()
+        response.headers["Connection"] = "close"
+
+
+def _exit_after(seconds: float) -> None:
+    """The last resort: end the process after `seconds` if a handler or cleanup step ignores cancellation."""
+
+    def overrun() -> None:
+        log.error("shutdown overran shutdown_timeout + %gs: exiting now", SHUTDOWN_MARGIN)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, overrun)
+    timer.daemon = True
+    timer.start()
 
 
 def serve(config: Config) -> None:
@@ -94,14 +193,60 @@ def serve(config: Config) -> None:
     sock.set_inheritable(True)
     context = multiprocessing.get_context("fork")
     processes = [context.Process(target=_serve_worker, args=(config, sock), daemon=False) for _ in range(workers)]
-    for process in processes:
-        process.start()
+    # blocked until each process handles them: a signal during the forks is held, not lost or fatal
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         for process in processes:
-            process.join()
-    except KeyboardInterrupt:
-        for process in processes:
-            process.join()
+            process.start()
+        sock.close()  # the workers hold it: once the last one stops listening, new connections are refused
+        _supervise(processes, max(config.server.shutdown_timeout, 0.0) + SHUTDOWN_MARGIN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+def _supervise(processes: Sequence[BaseProcess], grace: float) -> None:
+    """Wait for the workers; pass SIGTERM and SIGINT on to them and SIGKILL those still running `grace` later."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    previous_wakeup = signal.set_wakeup_fd(wake_w)  # the signal's number is written there, waking wait()
+    previous = {signum: signal.signal(signum, _note_signal) for signum in SIGNALS}
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    deadline: float | None = None
+    try:
+        while running := [process for process in processes if process.exitcode is None]:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                log.warning("worker(s) %s still running %gs after the signal: killing them",
+                            ", ".join(str(process.pid) for process in running), grace)
+                for process in running:
+                    process.kill()
+                for process in running:
+                    process.join(grace)
+                return
+            ready = multiprocessing.connection.wait([wake_r, *(process.sentinel for process in running)], timeout)
+            if wake_r not in ready:
+                continue
+            for signum in os.read(wake_r, 64):
+                if signum not in SIGNALS:
+                    continue
+                if deadline is None:
+                    deadline = time.monotonic() + grace
+                    log.info("%s: passing it on to %d worker(s)", signal.Signals(signum).name, len(running))
+                for process in running:  # not reaped yet (exitcode None above), so the pid is still theirs
+                    assert process.pid is not None
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signum)
+    finally:
+        signal.set_wakeup_fd(previous_wakeup)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _note_signal(signum: int, frame: FrameType | None) -> None:
+    """A Python-level handler, so the signal is caught and its number reaches the wakeup fd."""
 
 
 async def _migrate(config: Config) -> None:

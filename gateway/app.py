@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from gateway.keys import (
     clients_key,
     config_key,
     db_key,
+    draining_key,
     service_key,
     store_key,
 )
@@ -94,6 +96,7 @@ def create_app(config: Config) -> web.Application:
         middlewares=[error_middleware, auth_middleware],
     )
     app[config_key] = config
+    app[draining_key] = asyncio.Event()
     app.on_response_prepare.append(default_headers)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_clients)

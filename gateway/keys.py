@@ -6,6 +6,7 @@ time and anything may import it.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -30,5 +31,7 @@ accounts_key: web.AppKey[AccountStore] = web.AppKey("accounts")
 authenticator_key: web.AppKey[Authenticator] = web.AppKey("authenticator")
 cache_key: web.AppKey[DataSourceCache] = web.AppKey("cache")
 clients_key: web.AppKey[Clients] = web.AppKey("clients")
+# set from SIGTERM/SIGINT on: /api/health answers 503 while the worker drains (gateway.__main__)
+draining_key: web.AppKey[asyncio.Event] = web.AppKey("draining")
 
 identity_key: web.RequestKey[Identity] = web.RequestKey("identity")

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.keys import config_key, db_key
+from gateway.keys import config_key, db_key, draining_key
 from gateway.responses import json_response
 
 COMMIT = "gateway"
 
 
 async def get_health(request: web.Request) -> web.Response:
-    """Grafana's health body; 503 with "database": "failing" while Postgres does not answer."""
+    """Grafana's health body; 503 while Postgres does not answer ("database": "failing") or the worker drains."""
     version = request.app[config_key].gateway.grafana_version
     ok = await request.app[db_key].ping()
     body = {"commit": COMMIT, "database": "ok" if ok else "failing", "version": version}
-    return json_response(body, status=200 if ok else 503)
+    # from SIGTERM on, a readiness probe takes the pod out of rotation while it still serves
+    ready = ok and not request.app[draining_key].is_set()
+    return json_response(body, status=200 if ready else 503)
 
 
 async def get_frontend_settings(request: web.Request) -> web.Response:
