@@ -21,9 +21,10 @@ from types import FrameType
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.accounts import ROLES, AccountStore
-from gateway.app import create_app, open_database
+from gateway.app import SERVER_OPTIONS, create_app, open_database
 from gateway.config import Config, ConfigError
 from gateway.crypto import SecretKeyMismatch, unwrap_key, wrap_key
 from gateway.embedded import start_embedded_postgres
@@ -81,9 +82,23 @@ SHUTDOWN_MARGIN = 1.0
 _CANCEL_WAIT = 0.25  # aiohttp's wait (per phase) for a cancelled handler to unwind, inside SHUTDOWN_MARGIN
 
 
+class _NoRequestEchoes(logging.Filter):
+    """aiohttp logs a malformed request with a traceback that quotes the offending line, an Authorization
+    header included: log one line naming the error instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "malformed request refused: %s", (type(error).__name__,), None, None)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def _serve_worker(config: Config, sock: socket.socket | None) -> None:
     _retain_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(_NoRequestEchoes())
     with asyncio.Runner(loop_factory=_new_loop) as runner:
         runner.run(_serve(config, sock))
 
@@ -108,7 +123,7 @@ async def _serve(config: Config, sock: socket.socket | None) -> None:
     for signum in SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # serve() blocks them across the fork
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=_CANCEL_WAIT)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_CANCEL_WAIT, **SERVER_OPTIONS)  # type: ignore[arg-type]
     await runner.setup()
     try:
         if not signalled.done():  # a signal during startup: never start listening

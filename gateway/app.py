@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
 
 from aiohttp import web
 
@@ -87,6 +88,12 @@ async def _cache(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await cache.stop()
+
+
+# how every server of the app runs it (python -m gateway and the tests alike): a client that leaves cancels
+# its handler; request bodies are never decompressed (the proxy streams them as sent, and Grafana's JSON
+# API reads no compressed body either)
+SERVER_OPTIONS: Mapping[str, bool] = MappingProxyType({"handler_cancellation": True, "auto_decompress": False})
 
 
 def create_app(config: Config) -> web.Application:

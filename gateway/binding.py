@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, TypeVar
 
@@ -14,15 +15,9 @@ T = TypeVar("T")
 # deepest JSON nesting accepted in a body; Python's decoders recurse, and no Grafana setting nests deeply
 MAX_JSON_DEPTH = 100
 
-_field_names: dict[type, dict[str, str]] = {}
-
-
+@functools.cache
 def _wire_names(cls: type) -> dict[str, str]:
-    names = _field_names.get(cls)
-    if names is None:
-        names = {f.encode_name.lower(): f.encode_name for f in msgspec.structs.fields(cls)}
-        _field_names[cls] = names
-    return names
+    return {f.encode_name.lower(): f.encode_name for f in msgspec.structs.fields(cls)}
 
 
 def decode_json(body: bytes) -> Any:
@@ -80,7 +75,7 @@ def bind(body: bytes, content_type: str | None, cls: type[T]) -> T:
         raw = {}
     if not isinstance(raw, dict):
         raise BadRequestData()
-    names = _wire_names(cls)
+    names = _wire_names(cls)  # type: ignore[arg-type]  # classes are hashable; mypy cannot see it for type[T]
     fields: dict[str, Any] = {}
     for key, value in raw.items():
         name = names.get(key.lower())

@@ -44,7 +44,7 @@ class Database:
         try:
             async with self.pool.acquire(timeout=self._acquire_timeout) as conn:
                 yield conn
-        except Exception as error:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
             known = translate(error, database=True)
             if known is None or known is error:
                 raise

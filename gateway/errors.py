@@ -379,7 +379,7 @@ def translate(error: BaseException, *, database: bool = False) -> GatewayError |
     """
     if isinstance(error, GatewayError):
         return error
-    if isinstance(error, msgspec.DecodeError | msgspec.ValidationError | RecursionError):
+    if isinstance(error, msgspec.DecodeError):
         return BadRequestData()
     if isinstance(error, UpstreamError):
         if isinstance(error, UpstreamTimeout):
@@ -387,8 +387,10 @@ def translate(error: BaseException, *, database: bool = False) -> GatewayError |
         if isinstance(error, UpstreamHeadersTooLarge):
             return UpstreamHeadTooLarge()
         return UpstreamUnavailable()
+    if not database:
+        return None  # an asyncpg error elsewhere is a data source's, for its backend to report
     if isinstance(error, asyncpg.DataError):
         return BadRequestData()  # e.g. a NUL character or an out-of-range number sent by the client
-    if isinstance(error, _DATABASE_DOWN) or (database and isinstance(error, OSError | TimeoutError)):
+    if isinstance(error, (*_DATABASE_DOWN, OSError, TimeoutError)):
         return DatabaseUnavailable()
     return None

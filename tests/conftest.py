@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.accounts import AccountStore
-from gateway.app import create_app, open_database
+from gateway.app import SERVER_OPTIONS, create_app, open_database
 from gateway.config import Config
 
 ADMIN = {"Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}
@@ -110,7 +110,7 @@ async def clean_tables(request: pytest.FixtureRequest) -> None:
 @pytest.fixture
 async def client(aiohttp_client: Any, config: Config) -> TestClient[Any, Any]:
     """The app under test, on a real socket, configured as `python -m gateway` serves it."""
-    return await aiohttp_client(create_app(config), server_kwargs={"handler_cancellation": True})
+    return await aiohttp_client(create_app(config), server_kwargs=dict(SERVER_OPTIONS))
 
 
 @pytest.fixture

@@ -487,3 +487,12 @@ async def test_nesting_up_to_the_bound_is_accepted(client):
     body = '{"name":"x","type":"prometheus","access":"proxy","jsonData":{"a":' + "[" * 98 + "]" * 98 + "}}"
     response = await client.post("/api/datasources", data=body, headers={**ADMIN, "Content-Type": "application/json"})
     assert response.status == 200
+
+
+@pytest.mark.parametrize("path", ["/api/orgs", "/api/serviceaccounts", "/api/serviceaccounts/1/tokens"])
+async def test_names_too_long_for_the_database_are_bad_request_data(client, path):
+    if path.endswith("tokens"):
+        created = await client.post("/api/serviceaccounts", json={"name": "sa"}, headers=ADMIN)
+        path = f"/api/serviceaccounts/{(await created.json())['id']}/tokens"
+    response = await client.post(path, json={"name": "x" * 2800}, headers=ADMIN)
+    assert response.status == 400 and (await response.json())["message"] == "bad request data"

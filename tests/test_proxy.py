@@ -819,3 +819,4 @@ async def test_invalid_custom_header_names_never_reach_the_upstream(client, db, 
         response = await client.get("/api/datasources/proxy/uid/up/x", headers=ADMIN)
         assert response.status == 502, bad
         assert len(recorder.requests) == count
+

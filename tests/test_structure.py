@@ -82,6 +82,48 @@ def test_nothing_below_the_handlers_imports_aiohttp_web():
     assert offenders == {}
 
 
+# Ranks, low to high: a module imports only modules of a lower rank, or of its own package. The pool and
+# the data source models are leaves on purpose: the pool is a plain HTTP client that knows nothing of
+# gateway (errors.translate maps its exceptions), and the models are data shapes every layer speaks.
+RANKS = (
+    ("gateway.http.pool", "gateway.config", "gateway.sql", "gateway.embedded"),
+    ("gateway.errors",),
+    ("gateway.datasources.models", "gateway.binding", "gateway.crypto", "gateway.keys", "gateway.http.headers",
+     "gateway.db"),
+    ("gateway.http.client",),
+    ("gateway.backends", "gateway.datasources.store", "gateway.accounts"),
+    ("gateway.datasources.cache", "gateway.datasources.service"),
+    ("gateway.auth", "gateway.responses"),
+    ("gateway.api",),
+    ("gateway.app",),
+    ("gateway.__main__",),
+)
+
+
+def _rank(name: str) -> int:
+    for rank, prefixes in enumerate(RANKS):
+        if any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes):
+            return rank
+    raise AssertionError(f"{name} has no rank in tests/test_structure.py")
+
+
+def test_imports_point_one_way():
+    wrong = []
+    for name in MODULES:
+        if name in ("gateway", "gateway.api", "gateway.backends", "gateway.datasources", "gateway.http"):
+            continue  # empty package markers
+        package = name.rsplit(".", 1)[0]
+        for target in _internal(name):
+            if target in ("gateway.api", "gateway.backends", "gateway.datasources", "gateway.http"):
+                continue
+            if package != "gateway" and target.rsplit(".", 1)[0] == package:
+                continue  # within a subpackage (backends.registry -> backends.prometheus)
+            if _rank(target) >= _rank(name):
+                wrong.append(f"{name} -> {target}")
+    assert wrong == []
+    assert _rank("gateway.auth") > _rank("gateway.keys")  # the check above is not vacuous
+
+
 def test_the_import_graph_has_no_cycles():
     graph = {name: _internal(name) for name in MODULES}
     state: dict[str, int] = {}

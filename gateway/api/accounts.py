@@ -15,6 +15,11 @@ from gateway.keys import accounts_key, authenticator_key, identity_key
 from gateway.responses import json_response
 
 MAX_SECONDS_TO_LIVE = 100 * 365 * 24 * 3600
+MAX_NAME_BYTES = 190  # Grafana's varchar(190) names; longer ones would overflow the unique indexes
+
+
+def _name_ok(name: str) -> bool:
+    return bool(name.strip()) and len(name.encode()) <= MAX_NAME_BYTES
 
 
 class CreateOrgCommand(msgspec.Struct, kw_only=True):
@@ -46,7 +51,7 @@ async def create_org(request: web.Request) -> web.Response:
     """POST /api/orgs (server admin) -> {"message": "Organization created", "orgId": N}."""
     require(request[identity_key], "orgs:create")
     cmd = bind(await request.read(), request.content_type, CreateOrgCommand)
-    if not cmd.name.strip():
+    if not _name_ok(cmd.name):
         raise BadRequestData()
     org_id = await request.app[accounts_key].create_org(cmd.name)
     return json_response({"message": "Organization created", "orgId": org_id})
@@ -70,7 +75,7 @@ async def create_service_account(request: web.Request) -> web.Response:
     identity = request[identity_key]
     require(identity, "serviceaccounts:create")
     cmd = bind(await request.read(), request.content_type, CreateServiceAccountCommand)
-    if not cmd.name.strip() or cmd.role not in ROLES:
+    if not _name_ok(cmd.name) or cmd.role not in ROLES:
         raise BadRequestData()
     row = await request.app[accounts_key].create_service_account(identity.org_id, cmd.name, cmd.role, cmd.is_disabled)
     return json_response(_service_account_view(row), status=201)
@@ -91,7 +96,7 @@ async def create_token(request: web.Request) -> web.Response:
     sa_id = _id(request, "id")
     require(identity, "serviceaccounts:write", f"serviceaccounts:id:{sa_id}")
     cmd = bind(await request.read(), request.content_type, AddTokenCommand)
-    if not cmd.name.strip() or not 0 <= cmd.seconds_to_live <= MAX_SECONDS_TO_LIVE:
+    if not _name_ok(cmd.name) or not 0 <= cmd.seconds_to_live <= MAX_SECONDS_TO_LIVE:
         raise BadRequestData()
     token_id, name, key = await request.app[accounts_key].create_token(
         identity.org_id, sa_id, cmd.name, cmd.seconds_to_live,

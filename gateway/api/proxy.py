@@ -13,17 +13,17 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.auth import Identity, queryable
+from gateway.auth import Identity, authorize, queryable
 from gateway.backends.base import Context
 from gateway.config import Config
 from gateway.errors import (
     NotFound,
     ProxyDataSourceNotFound,
     ProxyPathClimbs,
+    UpstreamNoHost,
     UpstreamTooLarge,
     UpstreamUnavailable,
     go_quote,
-    translate,
 )
 from gateway.http.headers import HOP_BY_HOP, connection_tokens, relayable_headers
 from gateway.http.pool import UpstreamError, UpstreamPoolClosed, UpstreamResponse
@@ -95,6 +95,7 @@ def upstream_headers(
     The client's encoding is kept."""
     listed = connection_tokens(headers.getall("Connection")) if "Connection" in headers else _NONE
     out: list[tuple[str, str]] = []
+    ds_auth = ""
     referer = ""
     cookies: list[str] = []
     forwarded: list[str] = []
@@ -102,8 +103,7 @@ def upstream_headers(
         lower = name.lower()
         if lower in _REQUEST_DROP:
             if lower == "x-ds-authorization":
-                if value:
-                    out.append(("Authorization", value))
+                ds_auth = value  # the last one wins, as Go's Header.Get
             elif lower == "cookie":
                 cookies.append(value)
             elif lower == "referer":
@@ -112,6 +112,8 @@ def upstream_headers(
                 forwarded.append(value)
         elif lower not in listed:
             out.append((name, value))
+    if ds_auth:
+        out.append(("Authorization", ds_auth))
     if config.dataproxy.send_user_header and identity.kind == "user":
         out.append(("X-Grafana-User", identity.login))
     if cookies and (cookie := _kept_cookies(cookies, ctx.ds.options.get("keepCookies"))):
@@ -165,6 +167,7 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
 
 async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
     """ANY /api/datasources/proxy/(:id|uid/:uid)/*: stream the request to the data source and back."""
+    await authorize(request, "datasources:query")  # before anything about the path is said
     raw_path, _, raw_query = request.raw_path.partition("?")
     match = PROXY_PATH.match(raw_path)
     if match is None:
@@ -177,6 +180,8 @@ async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
     for attempt in (1, 2):
         identity, ctx = await queryable(request, reference, ProxyDataSourceNotFound)
         client = ctx.http
+        if client.pool is None:
+            raise UpstreamNoHost()
         if config.dataproxy.logging and attempt == 1:
             _log_request(request, identity, ctx.ds.type, raw_path, raw_query)
         path, query = ctx.backend.proxy_target(ctx, proxy_path, raw_query)
@@ -212,9 +217,9 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, config: Confi
         # a small sized body goes out with the headers in one write; bounded, so no whole-body risk
         try:
             body = await upstream.read(SMALL_BODY)
-        except UpstreamError as error:
+        except UpstreamError:
             upstream.abort()
-            raise translate(error) or UpstreamUnavailable() from None
+            raise UpstreamUnavailable() from None
         upstream.release()
         small = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
         if "Content-Type" not in headers:
@@ -249,16 +254,11 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, config: Confi
     return response
 
 
-_WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-                     "sec-websocket-protocol", "host"})
-
-
 async def _websocket(request: web.Request, ctx: Context, path: str, query: str,
                      headers: list[tuple[str, str]], role: str) -> web.StreamResponse:
     """Bridge a WebSocket upgrade to the data source, message for message, until either side closes."""
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    upstream = await ctx.http.websocket(path, query, [(n, v) for n, v in headers if n.lower() not in _WS_OWN],
-                                        protocols, role)
+    upstream = await ctx.http.websocket(path, query, headers, protocols, role)
     client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
     await client.prepare(request)
 

@@ -4,6 +4,7 @@ Context it is handed for one data source. A backend never sees a web.Request."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -14,7 +15,9 @@ from gateway.config import Config
 from gateway.datasources.models import DataSource
 from gateway.errors import method_refused
 from gateway.http.client import Answer, Clients, DataSourceClient
-from gateway.http.pool import UpstreamError
+from gateway.http.pool import UpstreamError, UpstreamPoolClosed
+
+log = logging.getLogger("gateway")
 
 
 class Plugin(msgspec.Struct, frozen=True):
@@ -63,7 +66,7 @@ class Context:
     """One data source version as its backend sees it: the row, its opened secrets, the config, and the
     clients it calls the data source with, each built on first use and closed when the data source changes."""
 
-    __slots__ = ("_backend", "_clients", "_http", "_resources", "config", "ds", "secrets")
+    __slots__ = ("_backend", "_clients", "_closed", "_http", "_resources", "config", "ds", "secrets")
 
     def __init__(self, ds: DataSource, secrets: Mapping[str, str], backend: Backend, clients: Clients) -> None:
         self.ds = ds
@@ -73,6 +76,7 @@ class Context:
         self._clients = clients
         self._http: DataSourceClient | None = None
         self._resources: dict[str, asyncio.Task[Any]] = {}
+        self._closed = False
 
     @property
     def backend(self) -> Backend:
@@ -83,25 +87,33 @@ class Context:
     def http(self) -> DataSourceClient:
         """The data source's HTTP client (raises InvalidDataSourceURL or TLSConfigError for bad settings)."""
         if self._http is None:
+            if self._closed:  # a request that held on past the grace period: the data source changed
+                raise UpstreamPoolClosed("the data source changed")
             self._http = self._clients.open(self.ds, self.secrets, self._backend.check_route)
         return self._http
 
     async def resource(self, name: str, open_: Callable[[], Coroutine[Any, Any, Closable]]) -> Any:
         """A per-data-source resource (a SQL connection pool), opened once by `open_` and shared."""
+        if self._closed:
+            raise UpstreamPoolClosed("the data source changed")
         task = self._resources.get(name)
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             task = self._resources[name] = asyncio.get_running_loop().create_task(open_())
         return await asyncio.shield(task)
 
     async def close(self) -> None:
-        """Close the HTTP client and every resource opened."""
+        """Close the HTTP client and every resource opened; later uses raise UpstreamPoolClosed."""
+        self._closed = True
         if self._http is not None:
             await self._http.close()
-        for task in self._resources.values():
-            if not task.done():
-                task.cancel()
-            elif not task.cancelled() and task.exception() is None:
-                await task.result().close()
+        for name, task in list(self._resources.items()):
+            try:
+                if not task.done():
+                    task.cancel()
+                await (await task).close()
+            except (asyncio.CancelledError, Exception) as error:  # one failing close must not skip the rest
+                if not isinstance(error, asyncio.CancelledError):
+                    log.warning("closing %s of data source %s failed: %s", name, self.ds.uid, type(error).__name__)
 
 
 class Backend:

@@ -42,7 +42,7 @@ class Loki(Backend):
         try:
             answer = await ctx.http.fetch("GET", "loki/api/v1/labels", limit=4 << 20)
             body: Any = msgspec.json.decode(answer.body)
-        except (UpstreamError, msgspec.DecodeError):
+        except (UpstreamError, msgspec.DecodeError, RecursionError):
             return HealthResult(status="ERROR", message=_FAILED)
         if answer.status != 200 or not isinstance(body, dict) or body.get("status") != "success":
             return HealthResult(status="ERROR", message=_FAILED)

@@ -11,6 +11,8 @@ from gateway.backends.base import Backend, Context, HealthResult, core_plugin
 
 CONNECT_TIMEOUT = 10.0
 DEFAULT_MAX_OPEN_CONNS = 10  # Grafana's jsonData.maxOpenConns default for SQL data sources
+MAX_OPEN_CONNS = 100  # per data source and worker, whatever jsonData asks (asyncpg allocates them up front)
+IDLE_SECONDS = 60.0  # an idle connection to a data source is closed after this
 
 
 def connect_options(ctx: Context) -> dict[str, Any]:
@@ -34,15 +36,18 @@ def connect_options(ctx: Context) -> dict[str, Any]:
 
 
 def max_open_conns(ctx: Context) -> int:
-    """jsonData.maxOpenConns when positive, else Grafana's default."""
+    """jsonData.maxOpenConns when positive (at most MAX_OPEN_CONNS), else Grafana's default."""
     value = ctx.ds.options.get("maxOpenConns")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else DEFAULT_MAX_OPEN_CONNS
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return DEFAULT_MAX_OPEN_CONNS
+    return min(value, MAX_OPEN_CONNS)
 
 
 async def pool(ctx: Context) -> Any:
     """The data source's asyncpg pool: connections opened on demand, at most maxOpenConns."""
     async def open_pool() -> Any:
-        return await asyncpg.create_pool(min_size=0, max_size=max_open_conns(ctx), **connect_options(ctx))
+        return await asyncpg.create_pool(min_size=0, max_size=max_open_conns(ctx),
+                                         max_inactive_connection_lifetime=IDLE_SECONDS, **connect_options(ctx))
 
     return await ctx.resource("postgres", open_pool)
 

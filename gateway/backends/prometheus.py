@@ -68,7 +68,7 @@ class Prometheus(Backend):
             return HealthResult(status="ERROR", message=f"{_describe(error)}{_FAILED}")
         try:
             body: Any = msgspec.json.decode(answer.body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             body = {}
         if answer.status != 200 or not isinstance(body, dict) or body.get("status") != "success":
             error_text = body.get("error") if isinstance(body, dict) else None

@@ -40,12 +40,12 @@ from gateway.errors import (
     GatewayError,
     InvalidDataSourceURL,
     TLSConfigError,
-    UpstreamNoHost,
     UpstreamRequestInvalid,
     UpstreamUnavailable,
     not_whitelisted,
 )
 from gateway.http.pool import (
+    UpstreamConnectError,
     UpstreamError,
     UpstreamPool,
     UpstreamPoolClosed,
@@ -126,7 +126,7 @@ class Clients:
                                             sock_read=proxy.timeout)
             self._session = aiohttp.ClientSession(
                 timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-                connector=aiohttp.TCPConnector(limit=0, force_close=True),
+                connector=aiohttp.TCPConnector(limit=100, force_close=True),
             )
         return self._session
 
@@ -202,7 +202,7 @@ class DataSourceClient:
             raise not_whitelisted()
         self._rules(role, method, path)
         if self.pool is None:
-            raise UpstreamNoHost()
+            raise UpstreamConnectError("the data source URL has no host")
         if not self._sendable:
             raise UpstreamRequestInvalid()
         out = list(headers)
@@ -284,6 +284,7 @@ class DataSourceClient:
                         protocols: Sequence[str], role: str | None) -> aiohttp.ClientWebSocketResponse:
         """Open a WebSocket to the data source (`path` and `query` as in open()); cookies are never kept."""
         target, out = self._prepare("GET", path, query, headers, role)
+        out = [(name, value) for name, value in out if name.lower() not in _WS_OWN]  # the handshake's own
         scheme = "wss" if self.scheme == "https" else "ws"
         url = URL(f"{scheme}://{self.netloc}{target}", encoded=True)
         try:
@@ -301,6 +302,10 @@ class DataSourceClient:
             await self.pool.close()
 
 
+_WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+                     "sec-websocket-protocol", "host"})
+
+
 def _decoded(status: int, headers: list[tuple[str, str]], body: bytes, limit: int) -> Answer:
     """The answer with a gzip body decoded (at most `limit` bytes) and Content-Encoding dropped."""
     encoding = next((value for name, value in headers if name.lower() == "content-encoding"), "")
@@ -313,6 +318,8 @@ def _decoded(status: int, headers: list[tuple[str, str]], body: bytes, limit: in
         raise UpstreamProtocolError("the upstream's gzip body does not decode") from None
     if inflater.unconsumed_tail:
         raise UpstreamProtocolError(f"decoded upstream response body exceeds {limit} bytes")
+    if not inflater.eof:
+        raise UpstreamProtocolError("the upstream's gzip body ends early")
     kept = [(name, value) for name, value in headers if name.lower() not in ("content-encoding", "content-length")]
     return Answer(status, kept, plain)
 
