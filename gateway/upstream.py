@@ -263,8 +263,9 @@ class UpstreamResponse:
 
     def on_message_begin(self) -> None:
         if self._complete:
-            # A second response nobody asked for: the connection is out of sync.
-            self._keep_alive = False
+            # A second response nobody asked for: the connection is out of sync. Raising stops llhttp
+            # before it parses a byte of it into this finished response (see _parse_failed).
+            raise UpstreamProtocolError("upstream sent bytes after the end of its response")
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
@@ -318,8 +319,8 @@ class UpstreamResponse:
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
-            self._keep_alive = False
-            return
+            # Only after a HEAD response, whose end llhttp does not know: the connection is out of sync.
+            raise UpstreamProtocolError("upstream sent bytes after the end of its response")
         self._chunks.append(body)
         self._buffered += len(body)
         waiter = self._waiter
@@ -343,7 +344,9 @@ class UpstreamResponse:
 
     def _parse_failed(self, exc: BaseException) -> None:
         if self._complete:
+            # Whatever follows a finished response is out of sync: keep the response, drop the connection.
             self._keep_alive = False
+            self._conn.abort()
             return
         cause = exc.__context__
         err = (

@@ -456,6 +456,33 @@ async def test_unsolicited_extra_response_prevents_reuse(raw_server: Any) -> Non
     await pool.close()
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_bytes_after_a_finished_response_never_change_it(raw_server: Any, method: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        # One write, so the unsolicited answer arrives in the same read as the real one.
+        first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-First: 1\r\n\r\n" + (b"ok" if method == "GET" else b"")
+        writer.write(first + b"HTTP/1.1 500 Boom\r\nContent-Length: 4\r\nX-Second: 1\r\n\r\nboom")
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    resp = await pool.request(method, "/", [])
+    assert (resp.status, resp.reason) == (200, "OK")
+    assert resp.headers == [("Content-Length", "2"), ("X-First", "1")]
+    assert resp.content_length == 2
+    # The connection is out of sync: it closes at once, before the response is even read.
+    await srv.wait_closed(1)
+    assert pool.open_connections == 0
+    assert await body_of(resp) == (b"ok" if method == "GET" else b"")
+    assert pool.idle_connections == 0
+    resp = await pool.request(method, "/", [])
+    assert resp.status == 200
+    resp.release()
+    assert srv.connections == 2
+    await pool.close()
+
+
 # -- request bodies ----------------------------------------------------------------------------------
 
 
