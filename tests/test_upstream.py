@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.upstream import (
     UpstreamConnectError,
     UpstreamError,
+    UpstreamHeadersTooLarge,
     UpstreamPool,
     UpstreamProtocolError,
     UpstreamResponse,
@@ -481,6 +482,95 @@ async def test_bytes_after_a_finished_response_never_change_it(raw_server: Any, 
     resp.release()
     assert srv.connections == 2
     await pool.close()
+
+
+async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes, again: bytes) -> None:
+    """Write `first`, then `again` for as long as the client keeps the connection open."""
+    writer.write(first)
+    if not again:
+        await drain_until_eof(reader)
+        return
+    while True:
+        writer.write(again)
+        await writer.drain()
+
+
+OK_LINE = b"HTTP/1.1 200 OK\r\n"
+
+
+@pytest.mark.parametrize(
+    ("first", "again", "message"),
+    [
+        # endless header lines (1 KiB each, so the total trips before the field count)
+        (OK_LINE, b"X-Filler: " + b"v" * 1024 + b"\r\n", "head exceeds 65536 bytes"),
+        # one header line that never ends: httptools buffers it without calling back
+        (OK_LINE + b"X-Big: ", b"a" * 4096, "head exceeds 65536 bytes"),
+        # a reason phrase that never ends
+        (b"HTTP/1.1 200 ", b"O" * 4096, "status line exceeds 8190 bytes"),
+        # one enormous but complete header value or name, in a single write
+        (OK_LINE + b"X-Big: " + b"a" * 20_000 + b"\r\n\r\n", b"", "field exceeds 8190 bytes"),
+        (OK_LINE + b"b" * 9000 + b": 1\r\n\r\n", b"", "field exceeds 8190 bytes"),
+        # too many (small) fields, in a single write
+        (OK_LINE + b"X-A: 1\r\n" * 129 + b"\r\n", b"", "more than 128 header fields"),
+        # a head too large as a whole though it arrives in one read
+        (OK_LINE + (b"X-F: " + b"f" * 8000 + b"\r\n") * 9 + b"\r\n", b"", "head exceeds 65536 bytes"),
+        # endless interim responses
+        (b"", b"HTTP/1.1 100 Continue\r\n\r\n", "head exceeds 65536 bytes"),
+        (b"", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", "head exceeds 65536 bytes"),
+    ],
+    ids=[
+        "endless-lines", "endless-line", "endless-reason", "huge-value", "huge-name", "too-many-fields",
+        "large-head-in-one-read", "endless-100", "endless-103",
+    ],
+)
+async def test_response_head_is_bounded(raw_server: Any, first: bytes, again: bytes, message: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        if srv.connections == 1:
+            await endless(reader, writer, first, again)
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    t0 = time.monotonic()
+    with pytest.raises(UpstreamHeadersTooLarge, match=message) as caught:
+        await pool.request("GET", "/", [], header_timeout=10)
+    assert time.monotonic() - t0 < 2
+    assert isinstance(caught.value, UpstreamProtocolError)
+    assert not any(filler in str(caught.value) for filler in ("vvv", "aaa", "OOO", "bbb", "fff"))
+    await srv.wait_closed(1)
+    assert pool.open_connections == 0
+    # The pool stays usable.
+    resp = await pool.request("GET", "/", [])
+    assert resp.status == 200
+    assert await body_of(resp) == b"ok"
+    await pool.close()
+
+
+async def test_response_head_limits_are_configurable(raw_server: Any) -> None:
+    head = b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 100 + b"\r\nX-B: 1\r\nX-C: 2\r\nContent-Length: 2\r\n\r\nok"
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_head(reader)
+            writer.write(head)
+
+    srv = await raw_server(handler)
+    # Exactly the size of this head passes; the limits are inclusive.
+    pool = UpstreamPool("127.0.0.1", srv.port, max_field_size=100, max_headers=4, max_head_bytes=len(head) - 2)
+    resp = await pool.request("GET", "/", [])
+    assert await body_of(resp) == b"ok"
+    for kwargs, message in [
+        ({"max_field_size": 99}, "field exceeds 99 bytes"),
+        ({"max_headers": 3}, "more than 3 header fields"),
+        ({"max_head_bytes": 100}, "head exceeds 100 bytes"),
+    ]:
+        pool = UpstreamPool("127.0.0.1", srv.port, **kwargs)
+        with pytest.raises(UpstreamHeadersTooLarge, match=message):
+            await pool.request("GET", "/", [])
+        await pool.close()
 
 
 # -- request bodies ----------------------------------------------------------------------------------
