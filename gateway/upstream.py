@@ -93,7 +93,12 @@ class _Conn(asyncio.BufferedProtocol):
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
-        self._rbuf = pool._rbuf
+        rbuf = pool._rbuf
+        if rbuf is None:
+            # Allocated with the pool's first connection, so a pool that never connects costs nothing;
+            # large enough that one recv can move up to read_buffer bytes.
+            rbuf = pool._rbuf = memoryview(bytearray(max(16 * 1024, min(pool._read_buffer, 1 << 20))))
+        self._rbuf = rbuf
         self.resp: UpstreamResponse | None = None
         self.closed = False
         self.counted = True
@@ -113,8 +118,9 @@ class _Conn(asyncio.BufferedProtocol):
         self._pool._nopen += 1
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # The pool's single receive buffer is safe to share: asyncio fills it and calls
-        # buffer_updated() synchronously, and the parser copies everything it hands out.
+        # The receive buffer is safe to share between connections and pools on one loop: the loop (asyncio
+        # or uvloop, TLS too) fills it and calls buffer_updated() synchronously, and feed_data() leaves
+        # nothing pointing into it (httptools copies what it hands out or keeps for a partial header line).
         return self._rbuf
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -662,14 +668,21 @@ class UpstreamPool:
         max_field_size: int = 8190,
         max_headers: int = 128,
         max_head_bytes: int = 64 * 1024,
+        receive_buffer: memoryview | None = None,
     ) -> None:
-        """Limits on the response head bound what an upstream can make the pool buffer before the body.
+        """Reading responses.
 
-        max_field_size is the longest header name, header value or status line reason, in bytes, and
-        max_headers the most header fields in one head: both aiohttp's client defaults. max_head_bytes
-        bounds the whole head, 1xx interim heads included (nginx refuses an upstream head beyond
-        proxy_buffer_size, 4 or 8 KiB by default; Go allows 10 MiB). A response past any of them fails
-        with UpstreamHeadersTooLarge.
+        receive_buffer is where connections take their socket reads: pools on one event loop may share one
+        (see _Conn.get_buffer for why that is safe). Without it the pool allocates its own, sized by
+        read_buffer (16 KiB to 1 MiB), on its first connection, so a pool that never connects costs nothing.
+        A response buffers up to read_buffer bytes plus one read before reading pauses.
+
+        max_field_size, max_headers and max_head_bytes bound what an upstream can make the pool buffer
+        before the body. max_field_size is the longest header name, header value or status line reason, in
+        bytes, and max_headers the most header fields in one head: both aiohttp's client defaults.
+        max_head_bytes bounds the whole head, 1xx interim heads included (nginx refuses an upstream head
+        beyond proxy_buffer_size, 4 or 8 KiB by default; Go allows 10 MiB). A response past any of them
+        fails with UpstreamHeadersTooLarge.
         """
         self._host = host
         self._keepalive = int(keepalive)
@@ -685,8 +698,12 @@ class UpstreamPool:
         self._max_field_size = max_field_size
         self._max_headers = max_headers
         self._max_head_bytes = max_head_bytes
-        # One receive buffer per pool: large enough that one recv can move up to read_buffer bytes.
-        self._rbuf = memoryview(bytearray(max(16 * 1024, min(read_buffer, 1 << 20))))
+        if receive_buffer is not None and (
+            receive_buffer.readonly or receive_buffer.format != "B" or receive_buffer.ndim != 1
+            or not receive_buffer.c_contiguous or not receive_buffer.nbytes
+        ):
+            raise ValueError("receive_buffer must be a writable, contiguous, non-empty memoryview of bytes")
+        self._rbuf = receive_buffer
         name = f"[{host}]" if ":" in host and not host.startswith("[") else host
         default_port = 443 if ssl is not None else 80
         self._host_line = f"Host: {name}\r\n" if port == default_port else f"Host: {name}:{port}\r\n"

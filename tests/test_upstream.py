@@ -355,6 +355,68 @@ async def test_read_buffer_pauses_reading(aiohttp_server: Any) -> None:
     await pool.close()
 
 
+async def test_receive_buffer_is_allocated_lazily(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pools = [UpstreamPool("127.0.0.1", srv.port) for _ in range(300)]
+    assert all(pool._rbuf is None for pool in pools)  # a pool that never connected holds no buffer
+    pool = UpstreamPool("127.0.0.1", srv.port, read_buffer=64 * 1024)
+    assert await body_of(await pool.request("GET", "/", [])) == b"ok"
+    assert pool._rbuf is not None and len(pool._rbuf) == 64 * 1024
+    await pool.close()
+    for bad in (memoryview(b"read-only"), memoryview(bytearray()), memoryview(bytearray(64)).cast("I")):
+        with pytest.raises(ValueError):
+            UpstreamPool("127.0.0.1", srv.port, receive_buffer=bad)
+
+
+async def test_pools_sharing_a_receive_buffer(raw_server: Any) -> None:
+    def body(tag: bytes, n: int) -> bytes:
+        return b"".join(b"%s:%07d;" % (tag, i) for i in range(n))
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line, _ = await read_head(reader)
+        tag = line.split()[1][1:].encode()
+        data = body(tag, 40_000)  # several reads of the 16 KiB buffer per response
+        chunked = tag.startswith(b"b")
+        writer.write(b"HTTP/1.1 200 OK\r\n" + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked
+                     else b"Content-Length: %d\r\n\r\n" % len(data)))
+        for i in range(0, len(data), 7000):
+            piece = data[i : i + 7000]
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            await writer.drain()
+            await asyncio.sleep(0.001)  # lets the other connections' bytes in between
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+        await drain_until_eof(reader)
+
+    srv_a = await raw_server(handler)
+    srv_b = await raw_server(handler)
+    shared = memoryview(bytearray(16 * 1024))
+    pool_a = UpstreamPool("127.0.0.1", srv_a.port, receive_buffer=shared)
+    pool_b = UpstreamPool("127.0.0.1", srv_b.port, receive_buffer=shared)
+
+    async def fetch(pool: UpstreamPool, tag: str) -> bytes:
+        resp = await pool.request("GET", f"/{tag}", [])
+        parts = []
+        async for chunk in resp.chunks():
+            parts.append(chunk)
+            await asyncio.sleep(0)
+        return b"".join(parts)
+
+    tags = [f"{p}{i}" for i in range(4) for p in "ab"]
+    got = await asyncio.gather(*(fetch(pool_a if t[0] == "a" else pool_b, t) for t in tags))
+    for tag, data in zip(tags, got, strict=True):
+        assert data == body(tag.encode(), 40_000), tag
+    assert pool_a._rbuf is shared and pool_b._rbuf is shared
+    assert pool_a.open_connections == 4 and pool_b.open_connections == 4
+    await pool_a.close()
+    await pool_b.close()
+
+
 async def test_head_204_304_and_interim_responses(aiohttp_server: Any) -> None:
     peers: list[Any] = []
 
