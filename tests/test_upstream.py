@@ -1,4 +1,4 @@
-"""Tests for gateway.upstream against real loopback servers (aiohttp for well-behaved ones, raw asyncio otherwise)."""
+"""Tests for gateway.http.pool against real loopback servers (aiohttp for well-behaved ones, raw asyncio otherwise)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from aiohttp import web
 from gateway.http.pool import (
     UpstreamConnectError,
     UpstreamError,
+    UpstreamHeadersTooLarge,
     UpstreamPool,
     UpstreamProtocolError,
     UpstreamResponse,
@@ -354,6 +355,68 @@ async def test_read_buffer_pauses_reading(aiohttp_server: Any) -> None:
     await pool.close()
 
 
+async def test_receive_buffer_is_allocated_lazily(raw_server: Any) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pools = [UpstreamPool("127.0.0.1", srv.port) for _ in range(300)]
+    assert all(pool._rbuf is None for pool in pools)  # a pool that never connected holds no buffer
+    pool = UpstreamPool("127.0.0.1", srv.port, read_buffer=64 * 1024)
+    assert await body_of(await pool.request("GET", "/", [])) == b"ok"
+    assert pool._rbuf is not None and len(pool._rbuf) == 64 * 1024
+    await pool.close()
+    for bad in (memoryview(b"read-only"), memoryview(bytearray()), memoryview(bytearray(64)).cast("I")):
+        with pytest.raises(ValueError):
+            UpstreamPool("127.0.0.1", srv.port, receive_buffer=bad)
+
+
+async def test_pools_sharing_a_receive_buffer(raw_server: Any) -> None:
+    def body(tag: bytes, n: int) -> bytes:
+        return b"".join(b"%s:%07d;" % (tag, i) for i in range(n))
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line, _ = await read_head(reader)
+        tag = line.split()[1][1:].encode()
+        data = body(tag, 40_000)  # several reads of the 16 KiB buffer per response
+        chunked = tag.startswith(b"b")
+        writer.write(b"HTTP/1.1 200 OK\r\n" + (b"Transfer-Encoding: chunked\r\n\r\n" if chunked
+                     else b"Content-Length: %d\r\n\r\n" % len(data)))
+        for i in range(0, len(data), 7000):
+            piece = data[i : i + 7000]
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            await writer.drain()
+            await asyncio.sleep(0.001)  # lets the other connections' bytes in between
+        if chunked:
+            writer.write(b"0\r\n\r\n")
+        await drain_until_eof(reader)
+
+    srv_a = await raw_server(handler)
+    srv_b = await raw_server(handler)
+    shared = memoryview(bytearray(16 * 1024))
+    pool_a = UpstreamPool("127.0.0.1", srv_a.port, receive_buffer=shared)
+    pool_b = UpstreamPool("127.0.0.1", srv_b.port, receive_buffer=shared)
+
+    async def fetch(pool: UpstreamPool, tag: str) -> bytes:
+        resp = await pool.request("GET", f"/{tag}", [])
+        parts = []
+        async for chunk in resp.chunks():
+            parts.append(chunk)
+            await asyncio.sleep(0)
+        return b"".join(parts)
+
+    tags = [f"{p}{i}" for i in range(4) for p in "ab"]
+    got = await asyncio.gather(*(fetch(pool_a if t[0] == "a" else pool_b, t) for t in tags))
+    for tag, data in zip(tags, got, strict=True):
+        assert data == body(tag.encode(), 40_000), tag
+    assert pool_a._rbuf is shared and pool_b._rbuf is shared
+    assert pool_a.open_connections == 4 and pool_b.open_connections == 4
+    await pool_a.close()
+    await pool_b.close()
+
+
 async def test_head_204_304_and_interim_responses(aiohttp_server: Any) -> None:
     peers: list[Any] = []
 
@@ -454,6 +517,122 @@ async def test_unsolicited_extra_response_prevents_reuse(raw_server: Any) -> Non
         assert await body_of(resp) == b"ok"
     assert srv.connections == 2
     await pool.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_bytes_after_a_finished_response_never_change_it(raw_server: Any, method: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        # One write, so the unsolicited answer arrives in the same read as the real one.
+        first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-First: 1\r\n\r\n" + (b"ok" if method == "GET" else b"")
+        writer.write(first + b"HTTP/1.1 500 Boom\r\nContent-Length: 4\r\nX-Second: 1\r\n\r\nboom")
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    resp = await pool.request(method, "/", [])
+    assert (resp.status, resp.reason) == (200, "OK")
+    assert resp.headers == [("Content-Length", "2"), ("X-First", "1")]
+    assert resp.content_length == 2
+    # The connection is out of sync: it closes at once, before the response is even read.
+    await srv.wait_closed(1)
+    assert pool.open_connections == 0
+    assert await body_of(resp) == (b"ok" if method == "GET" else b"")
+    assert pool.idle_connections == 0
+    resp = await pool.request(method, "/", [])
+    assert resp.status == 200
+    resp.release()
+    assert srv.connections == 2
+    await pool.close()
+
+
+async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes, again: bytes) -> None:
+    """Write `first`, then `again` for as long as the client keeps the connection open."""
+    writer.write(first)
+    if not again:
+        await drain_until_eof(reader)
+        return
+    while True:
+        writer.write(again)
+        await writer.drain()
+
+
+OK_LINE = b"HTTP/1.1 200 OK\r\n"
+
+
+@pytest.mark.parametrize(
+    ("first", "again", "message"),
+    [
+        # endless header lines (1 KiB each, so the total trips before the field count)
+        (OK_LINE, b"X-Filler: " + b"v" * 1024 + b"\r\n", "head exceeds 65536 bytes"),
+        # one header line that never ends: httptools buffers it without calling back
+        (OK_LINE + b"X-Big: ", b"a" * 4096, "head exceeds 65536 bytes"),
+        # a reason phrase that never ends
+        (b"HTTP/1.1 200 ", b"O" * 4096, "status line exceeds 8190 bytes"),
+        # one enormous but complete header value or name, in a single write
+        (OK_LINE + b"X-Big: " + b"a" * 20_000 + b"\r\n\r\n", b"", "field exceeds 8190 bytes"),
+        (OK_LINE + b"b" * 9000 + b": 1\r\n\r\n", b"", "field exceeds 8190 bytes"),
+        # too many (small) fields, in a single write
+        (OK_LINE + b"X-A: 1\r\n" * 129 + b"\r\n", b"", "more than 128 header fields"),
+        # a head too large as a whole though it arrives in one read
+        (OK_LINE + (b"X-F: " + b"f" * 8000 + b"\r\n") * 9 + b"\r\n", b"", "head exceeds 65536 bytes"),
+        # endless interim responses
+        (b"", b"HTTP/1.1 100 Continue\r\n\r\n", "head exceeds 65536 bytes"),
+        (b"", b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", "head exceeds 65536 bytes"),
+    ],
+    ids=[
+        "endless-lines", "endless-line", "endless-reason", "huge-value", "huge-name", "too-many-fields",
+        "large-head-in-one-read", "endless-100", "endless-103",
+    ],
+)
+async def test_response_head_is_bounded(raw_server: Any, first: bytes, again: bytes, message: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        if srv.connections == 1:
+            await endless(reader, writer, first, again)
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    t0 = time.monotonic()
+    with pytest.raises(UpstreamHeadersTooLarge, match=message) as caught:
+        await pool.request("GET", "/", [], header_timeout=10)
+    assert time.monotonic() - t0 < 2
+    assert isinstance(caught.value, UpstreamProtocolError)
+    assert not any(filler in str(caught.value) for filler in ("vvv", "aaa", "OOO", "bbb", "fff"))
+    await srv.wait_closed(1)
+    assert pool.open_connections == 0
+    # The pool stays usable.
+    resp = await pool.request("GET", "/", [])
+    assert resp.status == 200
+    assert await body_of(resp) == b"ok"
+    await pool.close()
+
+
+async def test_response_head_limits_are_configurable(raw_server: Any) -> None:
+    head = b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 100 + b"\r\nX-B: 1\r\nX-C: 2\r\nContent-Length: 2\r\n\r\nok"
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_head(reader)
+            writer.write(head)
+
+    srv = await raw_server(handler)
+    # Exactly the size of this head passes; the limits are inclusive.
+    pool = UpstreamPool("127.0.0.1", srv.port, max_field_size=100, max_headers=4, max_head_bytes=len(head) - 2)
+    resp = await pool.request("GET", "/", [])
+    assert await body_of(resp) == b"ok"
+    for kwargs, message in [
+        ({"max_field_size": 99}, "field exceeds 99 bytes"),
+        ({"max_headers": 3}, "more than 3 header fields"),
+        ({"max_head_bytes": 100}, "head exceeds 100 bytes"),
+    ]:
+        pool = UpstreamPool("127.0.0.1", srv.port, **kwargs)
+        with pytest.raises(UpstreamHeadersTooLarge, match=message):
+            await pool.request("GET", "/", [])
+        await pool.close()
 
 
 # -- request bodies ----------------------------------------------------------------------------------

@@ -9,13 +9,14 @@ import ssl as _ssl
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import httptools
 
 __all__ = [
     "UpstreamConnectError",
     "UpstreamError",
+    "UpstreamHeadersTooLarge",
     "UpstreamPool",
     "UpstreamProtocolError",
     "UpstreamResponse",
@@ -44,7 +45,7 @@ class UpstreamProtocolError(UpstreamError):
 
 
 class UpstreamHeadersTooLarge(UpstreamProtocolError):
-    """The upstream's response head exceeds the pool's header limits."""
+    """The response head (1xx heads included) went past one of the pool's size limits."""
 
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -92,7 +93,12 @@ class _Conn(asyncio.BufferedProtocol):
 
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
-        self._rbuf = pool._rbuf
+        rbuf = pool._rbuf
+        if rbuf is None:
+            # Allocated with the pool's first connection, so a pool that never connects costs nothing;
+            # large enough that one recv can move up to read_buffer bytes.
+            rbuf = pool._rbuf = memoryview(bytearray(max(16 * 1024, min(pool._read_buffer, 1 << 20))))
+        self._rbuf = rbuf
         self.resp: UpstreamResponse | None = None
         self.closed = False
         self.counted = True
@@ -112,8 +118,9 @@ class _Conn(asyncio.BufferedProtocol):
         self._pool._nopen += 1
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        # The pool's single receive buffer is safe to share: asyncio fills it and calls
-        # buffer_updated() synchronously, and the parser copies everything it hands out.
+        # The receive buffer is safe to share between connections and pools on one loop: the loop (asyncio
+        # or uvloop, TLS too) fills it and calls buffer_updated() synchronously, and feed_data() leaves
+        # nothing pointing into it (httptools copies what it hands out or keeps for a partial header line).
         return self._rbuf
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -127,6 +134,14 @@ class _Conn(asyncio.BufferedProtocol):
             resp._parser.feed_data(self._rbuf[:nbytes])
         except _HttpParserErrors as exc:
             resp._parse_failed(exc)
+            return
+        if not resp.status:
+            # httptools buffers a partial header line without any callback, so on_header alone cannot
+            # bound it: every byte of a read that ends with the final head still incomplete is head.
+            resp._head_read += nbytes
+            limit = self._pool._max_head_bytes
+            if resp._head_read > limit:
+                resp._fail(UpstreamHeadersTooLarge(f"upstream response head exceeds {limit} bytes"))
 
     def eof_received(self) -> bool | None:
         if self.resp is None:
@@ -199,6 +214,8 @@ class UpstreamResponse:
         "_exc",
         "_got_bytes",
         "_head_fut",
+        "_head_parsed",
+        "_head_read",
         "_header_timeout",
         "_interim",
         "_is_head",
@@ -260,6 +277,8 @@ class UpstreamResponse:
         self._until_close = False
         self._body_sent = False
         self._got_bytes = False
+        self._head_read = 0
+        self._head_parsed = 0
         self._lost_early = False
         self._rpaused = False
         self._released = False
@@ -267,20 +286,31 @@ class UpstreamResponse:
 
     def on_message_begin(self) -> None:
         if self._complete:
-            # A second response nobody asked for: the connection is out of sync.
-            self._keep_alive = False
+            # A second response nobody asked for: the connection is out of sync. Raising stops llhttp
+            # before it parses a byte of it into this finished response (see _parse_failed).
+            raise UpstreamProtocolError("upstream sent bytes after the end of its response")
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
+        limit = self._pool._max_field_size
+        if len(self._reason) > limit:
+            raise UpstreamHeadersTooLarge(f"upstream response status line exceeds {limit} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.status:
             return  # Chunked trailers: the head was already handed out, so they are dropped.
+        nlen = len(name)
+        vlen = len(value)
+        # At least "name:value" CRLF on the wire: this bounds a head too large that arrived in one read.
+        parsed = self._head_parsed = self._head_parsed + nlen + vlen + 3
+        pool = self._pool
+        limit = pool._max_field_size
+        if nlen > limit or vlen > limit or parsed > pool._max_head_bytes or len(self.headers) >= pool._max_headers:
+            self._head_too_large(nlen, vlen)
         # as aiohttp's server decodes what clients send: UTF-8, other bytes kept as surrogate escapes
         n = name.decode("utf-8", "surrogateescape")
         v = value.decode("utf-8", "surrogateescape")
         self.headers.append((n, v))
-        nlen = len(name)
         if nlen == 14 or nlen == 17:
             lname = n.lower()
             if lname == "content-length":
@@ -289,7 +319,20 @@ class UpstreamResponse:
                 self._te = True
                 self._chunked = v.rstrip().lower().endswith("chunked")
 
+    def _head_too_large(self, nlen: int, vlen: int) -> NoReturn:
+        """Raise the error naming the limit the head went past (the message never quotes the upstream)."""
+        pool = self._pool
+        if nlen > pool._max_field_size or vlen > pool._max_field_size:
+            raise UpstreamHeadersTooLarge(f"upstream response header field exceeds {pool._max_field_size} bytes")
+        if len(self.headers) >= pool._max_headers:
+            raise UpstreamHeadersTooLarge(f"upstream response has more than {pool._max_headers} header fields")
+        raise UpstreamHeadersTooLarge(f"upstream response head exceeds {pool._max_head_bytes} bytes")
+
     def on_headers_complete(self) -> None:
+        # At least "HTTP/1.1 200" CRLF, the reason and the blank line; 1xx heads count toward the bound too.
+        self._head_parsed += len(self._reason) + 16
+        if self._head_parsed > self._pool._max_head_bytes:
+            raise UpstreamHeadersTooLarge(f"upstream response head exceeds {self._pool._max_head_bytes} bytes")
         parser = self._parser
         status: int = parser.get_status_code()
         if status < 200:
@@ -322,8 +365,8 @@ class UpstreamResponse:
 
     def on_body(self, body: bytes) -> None:
         if self._complete:
-            self._keep_alive = False
-            return
+            # Only after a HEAD response, whose end llhttp does not know: the connection is out of sync.
+            raise UpstreamProtocolError("upstream sent bytes after the end of its response")
         self._chunks.append(body)
         self._buffered += len(body)
         waiter = self._waiter
@@ -347,7 +390,9 @@ class UpstreamResponse:
 
     def _parse_failed(self, exc: BaseException) -> None:
         if self._complete:
+            # Whatever follows a finished response is out of sync: keep the response, drop the connection.
             self._keep_alive = False
+            self._conn.abort()
             return
         cause = exc.__context__
         err = (
@@ -591,6 +636,9 @@ class UpstreamPool:
         "_keepalive",
         "_loop",
         "_max_conns",
+        "_max_field_size",
+        "_max_head_bytes",
+        "_max_headers",
         "_max_idle",
         "_nconns",
         "_nopen",
@@ -617,8 +665,25 @@ class UpstreamPool:
         idle_timeout: float = 90.0,
         read_buffer: int = 1 << 20,
         keepalive: float = 0.0,
+        max_field_size: int = 8190,
+        max_headers: int = 128,
+        max_head_bytes: int = 64 * 1024,
         receive_buffer: memoryview | None = None,
     ) -> None:
+        """Reading responses.
+
+        receive_buffer is where connections take their socket reads: pools on one event loop may share one
+        (see _Conn.get_buffer for why that is safe). Without it the pool allocates its own, sized by
+        read_buffer (16 KiB to 1 MiB), on its first connection, so a pool that never connects costs nothing.
+        A response buffers up to read_buffer bytes plus one read before reading pauses.
+
+        max_field_size, max_headers and max_head_bytes bound what an upstream can make the pool buffer
+        before the body. max_field_size is the longest header name, header value or status line reason, in
+        bytes, and max_headers the most header fields in one head: both aiohttp's client defaults.
+        max_head_bytes bounds the whole head, 1xx interim heads included (nginx refuses an upstream head
+        beyond proxy_buffer_size, 4 or 8 KiB by default; Go allows 10 MiB). A response past any of them
+        fails with UpstreamHeadersTooLarge.
+        """
         self._host = host
         self._keepalive = int(keepalive)
         self._port = port
@@ -630,9 +695,15 @@ class UpstreamPool:
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
         self._read_buffer = read_buffer
-        # One receive buffer per pool: large enough that one recv can move up to read_buffer bytes.
-        self._rbuf = receive_buffer if receive_buffer is not None else memoryview(
-            bytearray(max(16 * 1024, min(read_buffer, 1 << 20))))
+        self._max_field_size = max_field_size
+        self._max_headers = max_headers
+        self._max_head_bytes = max_head_bytes
+        if receive_buffer is not None and (
+            receive_buffer.readonly or receive_buffer.format != "B" or receive_buffer.ndim != 1
+            or not receive_buffer.c_contiguous or not receive_buffer.nbytes
+        ):
+            raise ValueError("receive_buffer must be a writable, contiguous, non-empty memoryview of bytes")
+        self._rbuf = receive_buffer
         name = f"[{host}]" if ":" in host and not host.startswith("[") else host
         default_port = 443 if ssl is not None else 80
         self._host_line = f"Host: {name}\r\n" if port == default_port else f"Host: {name}:{port}\r\n"
