@@ -68,6 +68,7 @@ class Gateway(msgspec.Struct, frozen=True, kw_only=True):
     token_cache_seconds: float = 10.0
     proxy_pass_through_401: bool = False
     proxy_idle_read_timeout: float = 60.0
+    proxy_idle_write_timeout: float = 60.0
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -130,6 +131,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("timeout", "dial_timeout", "idle_conn_timeout_seconds"):
             if getattr(self.dataproxy, name) <= 0:
                 raise ConfigError(f"invalid value for [dataproxy] {name}: must be more than 0")
+        for name in ("proxy_idle_read_timeout", "proxy_idle_write_timeout"):
+            if getattr(self.gateway, name) <= 0:
+                raise ConfigError(f"invalid value for [gateway] {name}: must be more than 0")
+        if self.server.shutdown_timeout < 0:
+            raise ConfigError("invalid value for [server] shutdown_timeout: must be 0 or more")
 
     @classmethod
     def env_names(cls) -> frozenset[str]:

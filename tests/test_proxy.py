@@ -422,6 +422,25 @@ async def test_stalled_upstream_body_is_cut_by_the_idle_read_timeout(aiohttp_cli
         await asyncio.wait_for(response.read(), 5)
 
 
+async def test_an_upstream_that_stops_reading_the_upload_is_cut_by_the_idle_write_timeout(aiohttp_client,
+                                                                                          database_url):
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(10)  # takes no body bytes and never answers
+        writer.close()
+
+    server = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    async with server:
+        client = await aiohttp_client(create_app(make_config(
+            database_url, gateway={"proxy_idle_write_timeout": 0.5}, dataproxy={"timeout": 30.0})))
+        await add(client, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        started = asyncio.get_running_loop().time()
+        response = await client.post("/api/datasources/proxy/uid/up/upload", data=os.urandom(32 << 20),
+                                     headers=ADMIN)
+        elapsed = asyncio.get_running_loop().time() - started
+        assert response.status == 504 and elapsed < 10  # the write timeout, not the 30 s header timeout
+
+
 async def test_changed_password_is_used_by_another_replica_within_a_second(aiohttp_client, config, upstream):
     recorder, url = upstream
     first = await aiohttp_client(create_app(config))

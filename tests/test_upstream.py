@@ -37,8 +37,9 @@ RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[No
 class RawServer:
     """A raw asyncio TCP server that records connections and lets each test script the bytes."""
 
-    def __init__(self, handler: RawHandler) -> None:
+    def __init__(self, handler: RawHandler, tls: ssl.SSLContext | None = None) -> None:
         self.handler = handler
+        self.tls = tls
         self.connections = 0
         self.closed = 0
         self.closed_event = asyncio.Event()
@@ -62,7 +63,7 @@ class RawServer:
             self.tasks.discard(task)
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -81,11 +82,11 @@ class RawServer:
 
 
 @pytest.fixture
-async def raw_server() -> AsyncIterator[Callable[[RawHandler], Awaitable[RawServer]]]:
+async def raw_server() -> AsyncIterator[Callable[..., Awaitable[RawServer]]]:
     servers: list[RawServer] = []
 
-    async def make(handler: RawHandler) -> RawServer:
-        srv = RawServer(handler)
+    async def make(handler: RawHandler, tls: ssl.SSLContext | None = None) -> RawServer:
+        srv = RawServer(handler, tls)
         await srv.start()
         servers.append(srv)
         return srv
@@ -611,19 +612,23 @@ async def test_response_head_is_bounded(raw_server: Any, first: bytes, again: by
     await pool.close()
 
 
-async def test_response_head_limits_are_configurable(raw_server: Any) -> None:
-    head = b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 100 + b"\r\nX-B: 1\r\nX-C: 2\r\nContent-Length: 2\r\n\r\nok"
+@pytest.mark.parametrize("body_size", [2, 300_000], ids=["small-body", "body-in-the-same-read"])
+async def test_response_head_limits_are_configurable(raw_server: Any, body_size: int) -> None:
+    # With a large body in the same read, more than max_head_bytes arrives at once: the head itself is measured.
+    head = b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 100 + b"\r\nX-B: 1\r\nX-C: 2\r\nContent-Length: %d\r\n\r\n" % body_size
+    body = b"b" * body_size
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             await read_head(reader)
-            writer.write(head)
+            writer.write(head + body)
 
     srv = await raw_server(handler)
     # Exactly the size of this head passes; the limits are inclusive.
-    pool = UpstreamPool("127.0.0.1", srv.port, max_field_size=100, max_headers=4, max_head_bytes=len(head) - 2)
+    pool = UpstreamPool("127.0.0.1", srv.port, max_field_size=100, max_headers=4, max_head_bytes=len(head))
     resp = await pool.request("GET", "/", [])
-    assert await body_of(resp) == b"ok"
+    assert await body_of(resp) == body
+    await pool.close()
     for kwargs, message in [
         ({"max_field_size": 99}, "field exceeds 99 bytes"),
         ({"max_headers": 3}, "more than 3 header fields"),
@@ -988,6 +993,79 @@ async def test_header_timeout(raw_server: Any) -> None:
     with pytest.raises(UpstreamTimeout):
         await pool.request("POST", "/", [], agen([b"a"] * 3, delay=0.1), header_timeout=0.2)
     assert time.monotonic() - t0 > 0.45
+    await pool.close()
+
+
+def upload(total: int, streamed: bool) -> tuple[bytes | AsyncIterator[bytes], int | None]:
+    """A body of `total` bytes, as bytes or as a stream of 256 KiB pieces with that content length."""
+    if not streamed:
+        return b"w" * total, None
+    piece = b"w" * (256 * 1024)
+    return agen([piece] * (total // len(piece)) + [b"w" * (total % len(piece))]), total
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["bytes", "streamed"])
+async def test_write_timeout_when_the_upstream_stops_reading(
+    raw_server: Any, tmp_path: Any, streamed: bool, tls: bool
+) -> None:
+    done = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await done.wait()  # never reads the body
+        await drain_until_eof(reader)
+
+    server_ctx, ca_pem = make_tls(tmp_path)
+    srv = await raw_server(handler, server_ctx if tls else None)
+    # (A TLS transport that is handed a large body at once passes it all to the socket transport beneath,
+    # whose buffer it does not count: only writing it piece by piece keeps the upload visible.)
+    client_ctx = ssl.create_default_context(cadata=ca_pem.decode()) if tls else None
+    pool = UpstreamPool("127.0.0.1", srv.port, ssl=client_ctx)
+    body, length = upload(kernel_buffer_limit() + (8 << 20), streamed)
+    t0 = time.monotonic()
+    # Neither the header timeout nor the read timeout applies while the request is being sent.
+    with pytest.raises(UpstreamTimeout, match="stopped reading the request body"):
+        await pool.request("POST", "/", [], body, content_length=length, header_timeout=10, read_timeout=10,
+                           write_timeout=0.3)
+    assert 0.25 < time.monotonic() - t0 < 3
+    done.set()
+    await srv.wait_closed(1)
+    assert pool.open_connections == 0
+    await pool.close()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["bytes", "streamed"])
+async def test_slow_upload_trips_neither_header_nor_write_timeout(raw_server: Any, streamed: bool) -> None:
+    total = 4 << 20
+    small = 64 * 1024  # socket buffers, so that the client's write buffer stays full while the upstream reads
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, small)
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await read_head(reader)
+        received = 0
+        # Slowly (1 MiB in 0.8 s), for longer than both timeouts, but never pausing as long as either ...
+        while received < (1 << 20):
+            received += len(await reader.read(small))
+            await asyncio.sleep(0.05)
+        # ... then the rest (more than the socket buffers hold) at once, and the answer after the last byte.
+        while received < total:
+            received += len(await reader.read(1 << 20))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d" % (len(str(received)), received))
+        await drain_until_eof(reader)
+
+    srv = await raw_server(handler)
+    pool = UpstreamPool("127.0.0.1", srv.port)
+    assert await body_of(await pool.request("GET", "/", [])) == b""
+    pool._idle[0].transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, small)
+    body, length = upload(total, streamed)
+    t0 = time.monotonic()
+    resp = await pool.request("POST", "/", [], body, content_length=length, header_timeout=0.3, write_timeout=0.3)
+    assert time.monotonic() - t0 > 0.7
+    assert await body_of(resp) == str(total).encode()
+    assert srv.connections == 1
     await pool.close()
 
 

@@ -265,6 +265,7 @@ class DataSourceClient:
             return await self.pool.request(
                 method, target, headers, body, content_length=content_length, header_timeout=header_timeout,
                 read_timeout=self._clients.config.gateway.proxy_idle_read_timeout,
+                write_timeout=self._clients.config.gateway.proxy_idle_write_timeout,
             )
         except ValueError:  # a stored URL path or header no request line can carry (rows from before checks)
             raise UpstreamRequestInvalid() from None

@@ -37,7 +37,7 @@ class UpstreamPoolClosed(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
-    """Connecting, waiting for the response head or waiting for body bytes took too long."""
+    """Connecting, sending the request, waiting for the response head or waiting for body bytes took too long."""
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -130,18 +130,27 @@ class _Conn(asyncio.BufferedProtocol):
             self.abort()
             return
         resp._got_bytes = True
+        if not resp.status:
+            self._feed_head(resp, nbytes)
+            return
+        try:
+            resp._parser.feed_data(self._rbuf[:nbytes])
+        except _HttpParserErrors as exc:
+            resp._parse_failed(exc)
+
+    def _feed_head(self, resp: UpstreamResponse, nbytes: int) -> None:
+        """Feed a read that starts in the response head, which max_head_bytes bounds."""
+        # httptools buffers a partial header line without any callback, so on_header cannot bound the head:
+        # the bytes received until it is complete do (and on_headers_complete measures it when they exceed).
+        resp._head_read += nbytes
         try:
             resp._parser.feed_data(self._rbuf[:nbytes])
         except _HttpParserErrors as exc:
             resp._parse_failed(exc)
             return
-        if not resp.status:
-            # httptools buffers a partial header line without any callback, so on_header alone cannot
-            # bound it: every byte of a read that ends with the final head still incomplete is head.
-            resp._head_read += nbytes
-            limit = self._pool._max_head_bytes
-            if resp._head_read > limit:
-                resp._fail(UpstreamHeadersTooLarge(f"upstream response head exceeds {limit} bytes"))
+        limit = self._pool._max_head_bytes
+        if not resp.status and resp._head_read > limit:
+            resp._fail(UpstreamHeadersTooLarge(f"upstream response head exceeds {limit} bytes"))
 
     def eof_received(self) -> bool | None:
         if self.resp is None:
@@ -168,16 +177,61 @@ class _Conn(asyncio.BufferedProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def write_until_paused(self, data: bytes | memoryview) -> memoryview | None:
+        """Write data in pieces until the transport pauses; return what is left, if anything.
+
+        Written whole, a large body would vanish from a TLS transport's write buffer at once (it encrypts it
+        all into the socket transport beneath, whose buffer it does not count), so neither write_timeout nor
+        the start of the head timer would see it; a plain transport would copy all it cannot send.
+        """
+        write = self.transport.write
+        if len(data) <= _WRITE_HIGH:
+            write(data)
+            return None
+        view = memoryview(data)
+        while view:
+            write(view[:_WRITE_HIGH])
+            view = view[_WRITE_HIGH:]
+            if self.write_paused:
+                return view or None
+        return None
+
+    async def flush(self, limit: float) -> None:
+        """Wait until the transport's write buffer is at or below the low-water mark, whether paused or not."""
+        transport = self.transport
+        if transport.get_write_buffer_size() <= _WRITE_LOW:
+            return
+        if not self.write_paused:
+            # Transports report draining below the low-water mark only after pausing at the high one:
+            # lowering the high mark for a moment pauses this one now, and restoring it does not resume it.
+            transport.set_write_buffer_limits(high=_WRITE_LOW, low=_WRITE_LOW)
+            transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
+            if not self.write_paused:
+                return
+        await self.drain(limit)
+
     async def drain(self, limit: float) -> None:
-        """Wait until the transport's write buffer drains below the low-water mark."""
-        if self.closed:
-            raise UpstreamProtocolError("upstream closed the connection while sending")
-        fut = self.drain_waiter = self._pool._get_loop().create_future()
-        try:
-            async with asyncio.timeout(limit):
-                await fut
-        finally:
-            self.drain_waiter = None
+        """Wait until a paused transport's write buffer drains below the low-water mark.
+
+        Fails once `limit` seconds pass in which the buffer did not shrink: one wait may take long for an
+        upstream that reads slowly (the socket wakes the transport only once a good part of its own buffer
+        is free), and only one that stops taking bytes is an error.
+        """
+        loop = self._pool._get_loop()
+        transport = self.transport
+        while self.write_paused:
+            if self.closed:
+                raise UpstreamProtocolError("upstream closed the connection while sending")
+            queued = transport.get_write_buffer_size()
+            fut = self.drain_waiter = loop.create_future()
+            try:
+                async with asyncio.timeout(limit):
+                    await fut
+            except TimeoutError:
+                if transport.get_write_buffer_size() >= queued:
+                    raise UpstreamTimeout("upstream stopped reading the request body") from None
+            finally:
+                self.drain_waiter = None
 
     def close(self) -> None:
         """Close gracefully (used for idle connections)."""
@@ -301,11 +355,9 @@ class UpstreamResponse:
             return  # Chunked trailers: the head was already handed out, so they are dropped.
         nlen = len(name)
         vlen = len(value)
-        # At least "name:value" CRLF on the wire: this bounds a head too large that arrived in one read.
-        parsed = self._head_parsed = self._head_parsed + nlen + vlen + 3
         pool = self._pool
         limit = pool._max_field_size
-        if nlen > limit or vlen > limit or parsed > pool._max_head_bytes or len(self.headers) >= pool._max_headers:
+        if nlen > limit or vlen > limit or len(self.headers) >= pool._max_headers:
             self._head_too_large(nlen, vlen)
         # as aiohttp's server decodes what clients send: UTF-8, other bytes kept as surrogate escapes
         n = name.decode("utf-8", "surrogateescape")
@@ -324,17 +376,27 @@ class UpstreamResponse:
         pool = self._pool
         if nlen > pool._max_field_size or vlen > pool._max_field_size:
             raise UpstreamHeadersTooLarge(f"upstream response header field exceeds {pool._max_field_size} bytes")
-        if len(self.headers) >= pool._max_headers:
-            raise UpstreamHeadersTooLarge(f"upstream response has more than {pool._max_headers} header fields")
-        raise UpstreamHeadersTooLarge(f"upstream response head exceeds {pool._max_head_bytes} bytes")
+        raise UpstreamHeadersTooLarge(f"upstream response has more than {pool._max_headers} header fields")
+
+    def _measure_head(self) -> None:
+        """Add this head's size to the heads before it (1xx), and fail if they exceed max_head_bytes."""
+        # At least "HTTP/1.1 200" CRLF, the reason, "name:value" CRLF per field and the blank line.
+        size = self._head_parsed + len(self._reason) + 16
+        for name, value in self.headers:
+            size += len(name.encode("utf-8", "surrogateescape")) + len(value.encode("utf-8", "surrogateescape")) + 3
+        self._head_parsed = size
+        limit = self._pool._max_head_bytes
+        if size > limit:
+            raise UpstreamHeadersTooLarge(f"upstream response head exceeds {limit} bytes")
 
     def on_headers_complete(self) -> None:
-        # At least "HTTP/1.1 200" CRLF, the reason and the blank line; 1xx heads count toward the bound too.
-        self._head_parsed += len(self._reason) + 16
-        if self._head_parsed > self._pool._max_head_bytes:
-            raise UpstreamHeadersTooLarge(f"upstream response head exceeds {self._pool._max_head_bytes} bytes")
         parser = self._parser
         status: int = parser.get_status_code()
+        # Everything received so far bounds the heads (_feed_head); only when that is more than the limit,
+        # as when the head arrives with a large piece of body, must the head itself be measured. A 1xx head
+        # is measured now, as its fields are about to be dropped but count toward the limit.
+        if status < 200 or self._head_read > self._pool._max_head_bytes:
+            self._measure_head()
         if status < 200:
             if status == 101:
                 raise UpstreamProtocolError("upstream switched protocols, which the proxy does not support")
@@ -448,35 +510,29 @@ class UpstreamResponse:
             if not sender.done():
                 sender.cancel()
 
-    async def _send_body(self, stream: AsyncIterable[bytes], length: int | None) -> None:
+    async def _send(
+        self, stream: AsyncIterable[bytes] | None, length: int | None, rest: memoryview | None, write_timeout: float
+    ) -> None:
+        """Write the rest of the request body, wait until it has left, then start the head timer.
+
+        Every wait for the upstream to take more bytes is bounded by write_timeout (see _Conn.drain).
+        """
         conn = self._conn
-        transport = conn.transport
-        total = 0
         try:
-            async for chunk in stream:
-                if not chunk:
-                    continue
-                if conn.closed:
-                    raise UpstreamProtocolError("upstream closed the connection while receiving the body")
-                n = len(chunk)
-                total += n
-                if length is None:
-                    transport.writelines((b"%x\r\n" % n, chunk, _CRLF))
-                elif total > length:
-                    raise UpstreamProtocolError("request body is longer than its declared content length")
-                else:
-                    transport.write(chunk)
-                if conn.write_paused:
-                    await conn.drain(self._read_timeout)
-            if length is None:
-                transport.write(_LAST_CHUNK)
-            elif total != length:
-                raise UpstreamProtocolError("request body is shorter than its declared content length")
+            if stream is not None:
+                await self._write_stream(stream, length, write_timeout)
+            elif rest is not None:
+                await self._write_rest(rest, write_timeout)
             if conn.closed:
                 raise UpstreamProtocolError("upstream closed the connection while receiving the body")
             self._body_sent = True
+            await conn.flush(write_timeout)
+            if conn.closed:
+                raise UpstreamProtocolError("upstream closed the connection while receiving the body")
             if not self._head_fut.done():
-                # Like Go's ResponseHeaderTimeout, the head timer starts once the request is fully written.
+                # Like Go's ResponseHeaderTimeout, the head timer starts once the request is fully written:
+                # here also out of the transport's buffer (down to its low-water mark), as write_timeout
+                # bounds the time until then.
                 self._timer = self._pool._get_loop().call_later(self._header_timeout, self._on_head_timeout)
         except asyncio.CancelledError:
             raise
@@ -486,8 +542,6 @@ class UpstreamResponse:
                 # The upstream already answered in full; it just did not take the whole upload.
                 self._keep_alive = False
                 return
-            if isinstance(exc, TimeoutError):
-                exc = UpstreamTimeout("upstream stopped reading the request body")
             fut = self._head_fut
             if not fut.done():
                 # Not an UpstreamError (e.g. the client upload broke): hand it to request() as is.
@@ -499,6 +553,39 @@ class UpstreamResponse:
                     if isinstance(exc, UpstreamError)
                     else UpstreamProtocolError(f"sending the request body failed: {exc!r}")
                 )
+
+    async def _write_stream(self, stream: AsyncIterable[bytes], length: int | None, write_timeout: float) -> None:
+        conn = self._conn
+        transport = conn.transport
+        total = 0
+        async for chunk in stream:
+            if not chunk:
+                continue
+            if conn.closed:
+                raise UpstreamProtocolError("upstream closed the connection while receiving the body")
+            n = len(chunk)
+            total += n
+            if length is None:
+                transport.writelines((b"%x\r\n" % n, chunk, _CRLF))
+            elif total > length:
+                raise UpstreamProtocolError("request body is longer than its declared content length")
+            else:
+                transport.write(chunk)
+            if conn.write_paused:
+                await conn.drain(write_timeout)
+        if length is None:
+            transport.write(_LAST_CHUNK)
+        elif total != length:
+            raise UpstreamProtocolError("request body is shorter than its declared content length")
+
+    async def _write_rest(self, rest: memoryview | None, write_timeout: float) -> None:
+        """Write what write_until_paused left of a bytes body, piece by piece as the transport drains."""
+        conn = self._conn
+        while rest is not None:
+            await conn.drain(write_timeout)
+            if conn.closed:
+                raise UpstreamProtocolError("upstream closed the connection while receiving the body")
+            rest = conn.write_until_paused(rest)
 
     def chunks(self) -> AsyncIterator[bytes]:
         """Iterate over the body as it arrives, joined into as large pieces as are buffered."""
@@ -670,7 +757,7 @@ class UpstreamPool:
         max_head_bytes: int = 64 * 1024,
         receive_buffer: memoryview | None = None,
     ) -> None:
-        """Reading responses.
+        """The first options say where and how to connect (as Go's transport); the last ones how to read.
 
         receive_buffer is where connections take their socket reads: pools on one event loop may share one
         (see _Conn.get_buffer for why that is safe). Without it the pool allocates its own, sized by
@@ -741,8 +828,21 @@ class UpstreamPool:
         content_length: int | None = None,
         header_timeout: float = 30.0,
         read_timeout: float = 60.0,
+        write_timeout: float = 60.0,
     ) -> UpstreamResponse:
-        """Send one request and return once the response head has arrived."""
+        """Send one request and return once the response head has arrived.
+
+        Each timeout bounds one kind of wait, and each fails with UpstreamTimeout:
+        - write_timeout: the longest the upstream may take to accept more request bytes, for bytes and
+          streamed bodies alike: a wait for the transport's write buffer to drain below its low-water mark
+          fails once write_timeout passes in which the buffer did not shrink ("upstream stopped reading
+          the request body");
+        - header_timeout: from when the whole request (head and body, bytes or streamed) has been written
+          and the write buffer has drained below its low-water mark, until the final response head arrives;
+        - read_timeout: the longest pause between response body bytes (UpstreamResponse reads).
+        Connecting, and waiting for a free connection, is bounded by the pool's connect_timeout; waiting for
+        a streamed body's own source is not bounded here.
+        """
         if self._closed:
             raise UpstreamPoolClosed("upstream pool is closed")
         payload: bytes | None = None
@@ -769,7 +869,8 @@ class UpstreamPool:
         if conn is None:
             conn = await self._acquire(fresh=False)
         resp = await self._exchange(
-            conn, method, head, payload, stream, content_length, header_timeout, read_timeout, reuse_ok
+            conn, method, head, payload, stream, content_length, header_timeout, read_timeout, write_timeout,
+            reuse_ok,
         )
         if resp is None:
             # A reused connection died before answering (the upstream closed it while idle). The upstream
@@ -778,7 +879,8 @@ class UpstreamPool:
                 raise UpstreamProtocolError("upstream closed a reused connection before sending a response")
             conn = await self._acquire(fresh=True)
             resp = await self._exchange(
-                conn, method, head, payload, stream, content_length, header_timeout, read_timeout, reuse_ok
+                conn, method, head, payload, stream, content_length, header_timeout, read_timeout, write_timeout,
+                reuse_ok,
             )
             if resp is None:
                 raise UpstreamProtocolError("upstream closed the connection before sending a response")
@@ -828,6 +930,7 @@ class UpstreamPool:
         content_length: int | None,
         header_timeout: float,
         read_timeout: float,
+        write_timeout: float,
         reuse_ok: bool,
     ) -> UpstreamResponse | None:
         loop = self._get_loop()
@@ -836,19 +939,29 @@ class UpstreamPool:
         conn.resp = resp
         transport = conn.transport
         if stream is None:
+            size = len(head)
+            rest = None
             if payload is None:
                 transport.write(head)
             elif len(payload) <= _SMALL_BODY:
+                size += len(payload)
                 transport.write(head + payload)
             else:
+                size += len(payload)
                 transport.write(head)
-                transport.write(payload)
-            resp._body_sent = True
-            resp._timer = loop.call_later(header_timeout, resp._on_head_timeout)
+                rest = conn.write_until_paused(payload)
+            # A request starts on an empty write buffer (only such connections are reused), so one no larger
+            # than the low-water mark cannot leave more than that queued: the head timer starts now.
+            if rest is None and (size <= _WRITE_LOW or transport.get_write_buffer_size() <= _WRITE_LOW):
+                resp._body_sent = True
+                resp._timer = loop.call_later(header_timeout, resp._on_head_timeout)
+            else:
+                resp._header_timeout = header_timeout
+                resp._sender = loop.create_task(resp._send(None, None, rest, write_timeout))
         else:
             transport.write(head)
             resp._header_timeout = header_timeout
-            resp._sender = loop.create_task(resp._send_body(stream, content_length))
+            resp._sender = loop.create_task(resp._send(stream, content_length, None, write_timeout))
         try:
             await fut
         except asyncio.CancelledError:
