@@ -108,9 +108,11 @@ async def clean_tables(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, config: Config) -> TestClient[Any, Any]:
-    """The app under test, on a real socket, configured as `python -m gateway` serves it."""
-    return await aiohttp_client(create_app(config), server_kwargs=dict(SERVER_OPTIONS))
+async def client(aiohttp_client: Any, aiohttp_server: Any, config: Config) -> TestClient[Any, Any]:
+    """The app under test, on a real socket, configured as `python -m gateway` serves it (aiohttp's test
+    server always cancels handlers of clients that leave; the other options go to start_server)."""
+    options = {name: value for name, value in SERVER_OPTIONS.items() if name != "handler_cancellation"}
+    return await aiohttp_client(await aiohttp_server(create_app(config), **options))
 
 
 @pytest.fixture

@@ -839,3 +839,27 @@ async def test_invalid_custom_header_names_never_reach_the_upstream(client, db, 
         assert response.status == 502, bad
         assert len(recorder.requests) == count
 
+
+
+async def test_compressed_request_bodies_pass_through_untouched(client):
+    import gzip
+
+    received: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = int(next(line.split(b":")[1] for line in lines if line.lower().startswith(b"content-length")))
+        received.append(head + await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        await add(client, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+        packed = gzip.compress(b'{"streams": []}')
+        response = await client.post("/api/datasources/proxy/uid/up/loki/api/v1/push", data=packed,
+                                     headers={**ADMIN, "Content-Encoding": "gzip", "Content-Type": "application/json"})
+        assert response.status == 204
+        assert b"Content-Encoding: gzip\r\n" in received[0] and received[0].endswith(b"\r\n\r\n" + packed)

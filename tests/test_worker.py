@@ -89,3 +89,28 @@ async def test_three_hundred_data_sources_proxied_once_each_keep_the_worker_unde
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+async def test_malformed_requests_are_logged_in_one_line_without_their_headers(database_url, tmp_path):
+    import asyncio
+
+    from tests.test_shutdown import running_gateway
+
+    token = "glsa_" + "S" * 32 + "_0badc0de"
+    requests = [
+        f"GET /api/datasources HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\x00\r\n\r\n",
+        f"GET /a b c HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n",
+        f"GET /api/datasources HTTP/1.1\r\nHost: x\r\nX-Long: {'y' * 9000}\r\nAuthorization: Bearer {token}\r\n\r\n",
+    ]
+    async with running_gateway(database_url, tmp_path, workers=1) as gateway:
+        for raw in requests:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+            writer.write(raw.encode())
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400"))
+        await asyncio.sleep(0.3)
+        log = gateway.log.read_text()
+    assert token not in log and "Traceback" not in log
+    assert log.count("malformed request refused") == len(requests)
