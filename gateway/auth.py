@@ -256,17 +256,17 @@ async def authorize(request: web.Request, action: str, scope: str | None = None)
     raise AccessDenied(action)
 
 
-async def queryable(request: web.Request, reference: str, not_found: type[GatewayError]) -> tuple[Identity, Context]:
-    """The caller and the data source named by `<id>` or `uid/<uid>`, if the caller may query it; a missing
-    one raises `not_found` (each path has Grafana's own message for it)."""
-    identity = await authorize(request, "datasources:query")
+async def queryable(request: web.Request, identity: Identity, reference: str,
+                    not_found: type[GatewayError]) -> Context:
+    """The data source named by `<id>` or `uid/<uid>`, if the caller (authorized for datasources:query) may
+    query it; a missing one raises `not_found` (each path has Grafana's own message for it)."""
     try:
         context = await request.app[cache_key].resolve(identity.org_id, reference)
     except DataSourceNotFound:
         raise not_found() from None
     if not identity.can("datasources:query", f"datasources:uid:{context.ds.uid}"):
         raise DataSourceAccessDenied()
-    return identity, context
+    return context
 
 
 _PUBLIC = frozenset({"/api/health"})

@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.auth import Identity, queryable
+from gateway.auth import Identity, authorize, queryable
 from gateway.backends.base import Context, NotImplementedByBackend, ResourceRequest
 from gateway.binding import parse_id
 from gateway.errors import (
@@ -28,11 +28,12 @@ RESOURCE_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
 
 async def _resolve(request: web.Request, *, id_trace: bool = True) -> tuple[Identity, Context]:
     """The caller and the data source it may query (by :id or uid/:uid), whose type has a backend plugin."""
+    identity = await authorize(request, "datasources:query")
     if "uid" in request.match_info:
         reference = f"uid/{request.match_info['uid']}"
     else:
         reference = str(parse_id(request.match_info["id"], trace=id_trace))
-    identity, ctx = await queryable(request, reference, DataSourceNotFoundTraced)
+    ctx = await queryable(request, identity, reference, DataSourceNotFoundTraced)
     if not ctx.backend.served:
         raise PluginNotRegistered()
     return identity, ctx

@@ -88,11 +88,11 @@ def climbs_above_base(proxy_path: str) -> bool:
 
 def upstream_headers(
     ctx: Context, config: Config, identity: Identity, headers: CIMultiDictProxy[str], client_ip: str,
-) -> list[tuple[str, str]]:
+) -> tuple[list[tuple[str, str]], str]:
     """The headers a proxied request goes upstream with (spec-proxy §2.7, §2.8), before the client adds the
-    data source's credentials: the caller's credentials, cookies and hop-by-hop headers removed, the caller's
-    X-DS-Authorization sent as Authorization, kept cookies, user agent, referer and forwarding chain added.
-    The client's encoding is kept."""
+    credentials, and the caller's X-DS-Authorization (sent instead of the data source's when not empty): the
+    caller's credentials, cookies and hop-by-hop headers removed; kept cookies, user agent, referer and
+    forwarding chain added. The client's encoding is kept."""
     listed = connection_tokens(headers.getall("Connection")) if "Connection" in headers else _NONE
     out: list[tuple[str, str]] = []
     ds_auth = ""
@@ -112,8 +112,6 @@ def upstream_headers(
                 forwarded.append(value)
         elif lower not in listed:
             out.append((name, value))
-    if ds_auth:
-        out.append(("Authorization", ds_auth))
     if config.dataproxy.send_user_header and identity.kind == "user":
         out.append(("X-Grafana-User", identity.login))
     if cookies and (cookie := _kept_cookies(cookies, ctx.ds.options.get("keepCookies"))):
@@ -121,7 +119,7 @@ def upstream_headers(
     out.append(("User-Agent", config.dataproxy.user_agent or f"Grafana/{config.gateway.grafana_version}"))
     out.append(("X-Grafana-Referer", referer))
     out.append(("X-Forwarded-For", ", ".join([*forwarded, client_ip])))
-    return out
+    return out, ds_auth
 
 
 _NONE: frozenset[str] = frozenset()
@@ -167,7 +165,7 @@ async def _body(request: web.Request) -> AsyncIterator[bytes]:
 
 async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
     """ANY /api/datasources/proxy/(:id|uid/:uid)/*: stream the request to the data source and back."""
-    await authorize(request, "datasources:query")  # before anything about the path is said
+    identity = await authorize(request, "datasources:query")  # before anything about the path is said
     raw_path, _, raw_query = request.raw_path.partition("?")
     match = PROXY_PATH.match(raw_path)
     if match is None:
@@ -178,19 +176,19 @@ async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
     config = request.app[config_key]
     body = _body(request) if request.body_exists else None
     for attempt in (1, 2):
-        identity, ctx = await queryable(request, reference, ProxyDataSourceNotFound)
+        ctx = await queryable(request, identity, reference, ProxyDataSourceNotFound)
         client = ctx.http
         if client.pool is None:
             raise UpstreamNoHost()
         if config.dataproxy.logging and attempt == 1:
             _log_request(request, identity, ctx.ds.type, raw_path, raw_query)
         path, query = ctx.backend.proxy_target(ctx, proxy_path, raw_query)
-        headers = upstream_headers(ctx, config, identity, request.headers, request.remote or "")
+        headers, ds_auth = upstream_headers(ctx, config, identity, request.headers, request.remote or "")
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await _websocket(request, ctx, path, query, headers, identity.role)
+            return await _websocket(request, ctx, path, query, headers, identity.role, ds_auth)
         try:
             upstream = await client.open(request.method, path, query, headers, body, role=identity.role,
-                                         content_length=request.content_length)
+                                         content_length=request.content_length, authorization=ds_auth)
             break
         except UpstreamPoolClosed:
             if attempt == 1:
@@ -255,10 +253,10 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, config: Confi
 
 
 async def _websocket(request: web.Request, ctx: Context, path: str, query: str,
-                     headers: list[tuple[str, str]], role: str) -> web.StreamResponse:
+                     headers: list[tuple[str, str]], role: str, authorization: str) -> web.StreamResponse:
     """Bridge a WebSocket upgrade to the data source, message for message, until either side closes."""
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-    upstream = await ctx.http.websocket(path, query, headers, protocols, role)
+    upstream = await ctx.http.websocket(path, query, headers, protocols, role, authorization)
     client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
     await client.prepare(request)
 

@@ -194,9 +194,9 @@ class DataSourceClient:
         self.custom_names = frozenset(name.lower() for name, _ in self._custom)
 
     def _prepare(self, method: str, path: str, query: str, headers: Sequence[tuple[str, str]],
-                 role: str | None) -> tuple[str, list[tuple[str, str]]]:
+                 role: str | None, authorization: str | None) -> tuple[str, list[tuple[str, str]]]:
         """The checks every call passes, then the request-target and the headers with credentials injected:
-        the caller's Authorization if it set one (the proxy's X-DS-Authorization), else the data source's;
+        the caller's `authorization` if given (the proxy's X-DS-Authorization), else the data source's;
         configured custom headers replace any header of the same name (a custom Host included)."""
         if self._whitelist and self.netloc and self.netloc not in self._whitelist:
             raise not_whitelisted()
@@ -206,8 +206,9 @@ class DataSourceClient:
         if not self._sendable:
             raise UpstreamRequestInvalid()
         out = list(headers)
-        if self._authorization is not None and not any(name.lower() == "authorization" for name, _ in out):
-            out.append(("Authorization", self._authorization))
+        authorization = authorization or self._authorization
+        if authorization:
+            out.append(("Authorization", authorization))
         if self._custom:
             out = [(name, value) for name, value in out if name.lower() not in self.custom_names]
             out.extend(self._custom)
@@ -216,13 +217,14 @@ class DataSourceClient:
     async def open(
         self, method: str, path: str, query: str, headers: Sequence[tuple[str, str]],
         body: AsyncIterable[bytes] | None, *, role: str | None, content_length: int | None = None,
+        authorization: str | None = None,
     ) -> UpstreamResponse:
         """Send a request and return at the response head, its body still streaming (the proxy).
 
         `path` and `query` are relative to the data source URL as the client sent them. Raises
         UpstreamPoolClosed, before anything was sent, when the data source changed meanwhile.
         """
-        target, out = self._prepare(method, path, query, headers, role)
+        target, out = self._prepare(method, path, query, headers, role, authorization)
         started = time.monotonic()
         try:
             response = await self._send(method, target, out, body, content_length, self.timeout)
@@ -241,7 +243,7 @@ class DataSourceClient:
         for and decoded, and the decoded body is bounded by `limit` (a longer one is a 502)."""
         if not any(name.lower() == "accept-encoding" for name, _ in headers):
             headers = [*headers, ("Accept-Encoding", "gzip")]
-        target, out = self._prepare(method, path, query, headers, role)
+        target, out = self._prepare(method, path, query, headers, role, None)
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout):
@@ -281,10 +283,10 @@ class DataSourceClient:
                 raise UpstreamTimeout("the data source did not answer within its timeout") from None
         raise error
 
-    async def websocket(self, path: str, query: str, headers: Sequence[tuple[str, str]],
-                        protocols: Sequence[str], role: str | None) -> aiohttp.ClientWebSocketResponse:
+    async def websocket(self, path: str, query: str, headers: Sequence[tuple[str, str]], protocols: Sequence[str],
+                        role: str | None, authorization: str | None) -> aiohttp.ClientWebSocketResponse:
         """Open a WebSocket to the data source (`path` and `query` as in open()); cookies are never kept."""
-        target, out = self._prepare("GET", path, query, headers, role)
+        target, out = self._prepare("GET", path, query, headers, role, authorization)
         out = [(name, value) for name, value in out if name.lower() not in _WS_OWN]  # the handshake's own
         scheme = "wss" if self.scheme == "https" else "ws"
         url = URL(f"{scheme}://{self.netloc}{target}", encoded=True)
