@@ -1,0 +1,141 @@
+"""The frame encoder against Grafana's own golden files (../shared/golden, read in place)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.frames import DataResponse, Field, Frame, FrameMeta, encode_frame, encode_json, encode_msgpack
+
+GOLDEN = Path(__file__).resolve().parent.parent.parent / "shared" / "golden"
+_SPECIAL = {"NaN": math.nan, "Inf": math.inf, "NegInf": -math.inf}
+
+
+def load(path: Path) -> Any:
+    """A golden file: JSON, or .jsonc with its leading // comment block."""
+    text = path.read_text()
+    if path.suffix == ".jsonc":
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("//"))
+    return json.loads(text)
+
+
+def frame_from_wire(wire: dict[str, Any]) -> Frame:
+    """Rebuild a Frame from Grafana's frame JSON: NaN and infinities back in the columns, RawMessage as Raw."""
+    schema, data = wire["schema"], wire["data"]
+    count = len(schema["fields"])
+    entities = data.get("entities") or [None] * count
+    nanos = data.get("nanos") or [None] * count
+    fields = []
+    for index, spec in enumerate(schema["fields"]):
+        values = list(data["values"][index])
+        for key, rows in (entities[index] or {}).items():
+            for row in rows:
+                values[row] = _SPECIAL[key]
+        item_type = spec["typeInfo"]["frame"]
+        if item_type == "json.RawMessage":
+            values = [msgspec.Raw(msgspec.json.encode(value)) for value in values]
+        fields.append(Field(spec.get("name", ""), item_type, values, nullable=spec["typeInfo"].get("nullable", False),
+                            labels=spec.get("labels"), config=spec.get("config"), nanos=nanos[index]))
+    meta = msgspec.convert(schema["meta"], FrameMeta) if "meta" in schema else None
+    return Frame(fields, name=schema.get("name", ""), ref_id=schema.get("refId", ""), meta=meta)
+
+
+def _frame_goldens() -> list[Path]:
+    files = sorted(GOLDEN.rglob("*.jsonc")) + sorted(GOLDEN.glob("frames/*.json"))
+    return [path for path in files if path.name != "frame.schema.json"]
+
+
+def _frames_in(document: Any) -> list[dict[str, Any]]:
+    if "schema" in document:
+        return [document]
+    if "results" in document:
+        return [frame for result in document["results"].values() for frame in result.get("frames") or []]
+    return list(document.get("frames") or [])
+
+
+GOLDEN_FILES = _frame_goldens()
+
+
+def test_the_golden_files_are_there():
+    assert len(GOLDEN_FILES) > 80 and len(WHOLE_RESPONSES) == 12
+    assert sum(len(_frames_in(load(path))) for path in GOLDEN_FILES) > 150
+
+
+@pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda path: str(path.relative_to(GOLDEN)))
+def test_every_golden_frame_encodes_exactly_as_grafana_wrote_it(path):
+    for wire in _frames_in(load(path)):
+        assert json.loads(encode_frame(frame_from_wire(wire))) == wire
+
+
+WHOLE_RESPONSES = [path for path in sorted(GOLDEN.glob("frames/*.json")) if '"results"' in path.read_text()[:200]]
+
+
+@pytest.mark.parametrize("path", WHOLE_RESPONSES, ids=lambda path: path.name)
+def test_whole_query_responses_match_grafanas_bytes_as_json(path):
+    document = load(path)
+    results = {
+        ref_id: DataResponse([frame_from_wire(frame) for frame in result.get("frames", [])]
+                             if "frames" in result else None, error=result.get("error"),
+                             status=result.get("status", 0), error_source=result.get("errorSource", ""))
+        for ref_id, result in document["results"].items()
+    }
+    body = encode_json(results)
+    assert body.endswith(b"\n") and json.loads(body) == document
+    assert list(json.loads(body)["results"]) == sorted(document["results"])
+
+
+def test_entities_mark_nan_and_infinities_and_values_are_null():
+    frame = Frame([Field("v", "float64", [1.0, math.nan, math.inf, -math.inf, 2.0]),
+                   Field("n", "float64", [None, math.nan, 3.0, None, None], nullable=True),
+                   Field("ok", "float64", [1e308, 1e308, 1.0, 1.0, 1.0])])  # overflows the sum, stays finite
+    wire = json.loads(encode_frame(frame))
+    assert wire["data"]["values"][0] == [1.0, None, None, None, 2.0]
+    assert wire["data"]["entities"] == [{"NaN": [1], "Inf": [2], "NegInf": [3]}, {"NaN": [1]}, None]
+
+
+def test_nanos_only_when_some_time_has_a_sub_millisecond_part():
+    plain = Frame([Field("t", "time.Time", [1, 2], nanos=[0, 0])])
+    assert "nanos" not in json.loads(encode_frame(plain))["data"]
+    fine = Frame([Field("t", "time.Time", [1, 2], nanos=[0, 999_999]), Field("v", "int64", [1, 2])])
+    assert json.loads(encode_frame(fine))["data"]["nanos"] == [[0, 999_999], None]
+
+
+def test_errors_always_carry_an_error_source_and_results_are_sorted():
+    body = json.loads(encode_json({"B": DataResponse(error="boom"), "A": DataResponse([]),
+                                   "C": DataResponse(error="late", status=504, error_source="downstream")}))
+    assert list(body["results"]) == ["A", "B", "C"]
+    assert body["results"]["A"] == {"status": 200, "frames": []}
+    assert body["results"]["B"] == {"error": "boom", "errorSource": "", "status": 500}
+    assert body["results"]["C"] == {"error": "late", "errorSource": "downstream", "status": 504}
+
+
+def test_frames_get_the_refid_of_their_result():
+    body = json.loads(encode_json({"A": DataResponse([Frame([Field("v", "int64", [1])])])}))
+    assert body["results"]["A"]["frames"][0]["schema"]["refId"] == "A"
+
+
+def test_msgpack_carries_the_same_structure():
+    wire = load(GOLDEN / "frames" / "all_types.golden.json")
+    results = {"A": DataResponse([frame_from_wire(wire)])}
+    as_json = json.loads(encode_json(results))
+    as_msgpack = msgspec.msgpack.decode(encode_msgpack(results))
+    # NaN travels natively in MessagePack; compare with JSON's nulls
+    def nulls(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, list):
+            return [nulls(item) for item in value]
+        if isinstance(value, dict):
+            return {key: nulls(item) for key, item in value.items()}
+        return value
+    assert nulls(as_msgpack) == as_json
+
+
+def test_fields_of_different_lengths_are_refused():
+    with pytest.raises(ValueError):
+        encode_frame(Frame([Field("a", "int64", [1]), Field("b", "int64", [1, 2])]))
