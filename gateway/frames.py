@@ -77,7 +77,7 @@ class Field:
     Float values may be NaN or ±Inf: they are written as null with an entities entry.
     """
 
-    __slots__ = ("config", "labels", "name", "nanos", "nullable", "item_type", "values")
+    __slots__ = ("config", "item_type", "labels", "name", "nanos", "nullable", "values")
 
     def __init__(self, name: str, item_type: str, values: list[Any], *, nullable: bool = False,
                  labels: Mapping[str, str] | None = None, config: dict[str, Any] | None = None,
