@@ -13,6 +13,7 @@ from gateway.api import accounts as accounts_api
 from gateway.api import datasources as datasources_api
 from gateway.api import plugins as plugins_api
 from gateway.api import proxy as proxy_api
+from gateway.api import query as query_api
 from gateway.api import system as system_api
 from gateway.auth import Authenticator, auth_middleware
 from gateway.config import Config
@@ -113,4 +114,5 @@ def create_app(config: Config) -> web.Application:
     plugins_api.add_routes(app)
     accounts_api.add_routes(app)
     proxy_api.add_routes(app)
+    query_api.add_routes(app)
     return app

@@ -62,6 +62,15 @@ class DataProxy(msgspec.Struct, frozen=True, kw_only=True):
     user_agent: str = ""
 
 
+class Query(msgspec.Struct, frozen=True, kw_only=True):
+    concurrent_query_limit: int = 256
+    max_queries: int = 1000
+
+
+class FeatureToggles(msgspec.Struct, frozen=True, kw_only=True):
+    enable: tuple[str, ...] = ()
+
+
 class Gateway(msgspec.Struct, frozen=True, kw_only=True):
     grafana_version: str = "12.4.0"
     max_body_bytes: int = 1 << 20
@@ -80,10 +89,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     datasources: DataSources = DataSources()
     paths: Paths = Paths()
     dataproxy: DataProxy = DataProxy()
+    query: Query = Query()
+    feature_toggles: FeatureToggles = FeatureToggles()
     gateway: Gateway = Gateway()
 
     SECTIONS: ClassVar[tuple[str, ...]] = (
-        "server", "database", "security", "datasources", "paths", "dataproxy", "gateway",
+        "server", "database", "security", "datasources", "paths", "dataproxy", "query", "feature_toggles",
+        "gateway",
     )
 
     @classmethod
@@ -134,6 +146,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("proxy_idle_read_timeout", "proxy_idle_write_timeout"):
             if getattr(self.gateway, name) <= 0:
                 raise ConfigError(f"invalid value for [gateway] {name}: must be more than 0")
+        if self.query.concurrent_query_limit < 1:
+            raise ConfigError("invalid value for [query] concurrent_query_limit: must be at least 1")
+        if self.query.max_queries < 1:
+            raise ConfigError("invalid value for [query] max_queries: must be at least 1")
         if self.server.shutdown_timeout < 0:
             raise ConfigError("invalid value for [server] shutdown_timeout: must be 0 or more")
 

@@ -330,6 +330,41 @@ class UpstreamHeadTooLarge(GatewayError):
     status, message = 502, "Bad Gateway: the data source's response headers exceed the gateway's limits"
 
 
+# -- queries (/api/ds/query) ----------------------------------------------------------------------------------
+
+class NoQueriesFound(GatewayError):
+    status, message, message_id = 400, "No queries found", "query.noQueries"
+
+
+class InvalidDatasourceId(GatewayError):
+    status, message, message_id = 400, "Query does not contain a valid data source identifier", \
+        "query.invalidDatasourceId"
+
+
+class DuplicateRefId(GatewayError):
+    status, message_id = 400, "query.duplicateRefId"
+    message = "Multiple queries using the same RefId is not allowed "  # Grafana's trailing space
+
+
+class QueryAccessDenied(GatewayError):
+    status, message, trace = 403, "Access denied to data source", True
+
+
+class TooManyQueries(GatewayError):
+    """More queries in one request than [query] max_queries."""
+
+    status, message_id = 400, "query.tooManyQueries"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"A request may hold at most {limit} queries ([query] max_queries)")
+
+
+class QueryFailed(GatewayError):
+    """A data source call that failed as a whole, for reasons of gateway's own (logged)."""
+
+    status, message = 500, "An error occurred within the plugin"
+
+
 # -- the database, accounts -------------------------------------------------------------------------------
 
 class DatabaseUnavailable(GatewayError):

@@ -4,6 +4,7 @@ Context it is handed for one data source. A backend never sees a web.Request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
@@ -14,6 +15,8 @@ import msgspec
 from gateway.config import Config
 from gateway.datasources.models import DataSource
 from gateway.errors import method_refused
+from gateway.frames import DataResponse
+from gateway.gtime import TimeRange
 from gateway.http.client import Answer, Clients, DataSourceClient
 from gateway.http.pool import UpstreamError, UpstreamPoolClosed
 
@@ -54,6 +57,17 @@ class ResourceRequest(msgspec.Struct, frozen=True):
     role: str
 
 
+class DataQuery(msgspec.Struct, frozen=True):
+    """One query as a backend receives it (SDK backend.DataQuery): Grafana's common fields and the whole model."""
+
+    ref_id: str
+    query_type: str
+    max_data_points: int
+    interval_ms: int
+    time_range: TimeRange
+    model: dict[str, Any]
+
+
 class NotImplementedByBackend(Exception):
     """The backend has no handler for this call (Grafana: plugin.notImplemented)."""
 
@@ -66,7 +80,7 @@ class Context:
     """One data source version as its backend sees it: the row, its opened secrets, the config, and the
     clients it calls the data source with, each built on first use and closed when the data source changes."""
 
-    __slots__ = ("_backend", "_clients", "_closed", "_http", "_resources", "config", "ds", "secrets")
+    __slots__ = ("_backend", "_clients", "_closed", "_http", "_limit", "_resources", "config", "ds", "secrets")
 
     def __init__(self, ds: DataSource, secrets: Mapping[str, str], backend: Backend, clients: Clients) -> None:
         self.ds = ds
@@ -77,6 +91,7 @@ class Context:
         self._http: DataSourceClient | None = None
         self._resources: dict[str, asyncio.Task[Any]] = {}
         self._closed = False
+        self._limit: asyncio.Semaphore | None = None
 
     @property
     def backend(self) -> Backend:
@@ -91,6 +106,16 @@ class Context:
                 raise UpstreamPoolClosed("the data source changed")
             self._http = self._clients.open(self.ds, self.secrets, self._backend.check_route)
         return self._http
+
+    def slot(self) -> asyncio.Semaphore | contextlib.nullcontext[None]:
+        """What each outgoing query holds while it runs: the data source's concurrency limit (the backend's
+        max_concurrency), so that a fan-out never floods one data source; no limit when that is 0."""
+        if self._limit is None:
+            limit = self._backend.max_concurrency(self)
+            if limit <= 0:
+                return contextlib.nullcontext()
+            self._limit = asyncio.Semaphore(limit)
+        return self._limit
 
     async def resource(self, name: str, open_: Callable[[], Coroutine[Any, Any, Closable]]) -> Any:
         """A per-data-source resource (a SQL connection pool), opened once by `open_` and shared."""
@@ -139,6 +164,22 @@ class Backend:
         """Answer a resource call."""
         raise NotImplementedByBackend
 
+    async def query(self, ctx: Context, queries: list[DataQuery]) -> dict[str, DataResponse]:
+        """Run the queries of one request for this data source (concurrently, each under ctx.slot()); a
+        refId without an answer is left out, as Grafana's plugins leave it out."""
+        raise NotImplementedByBackend
+
+    def max_concurrency(self, ctx: Context) -> int:
+        """Queries run at once against one data source: [dataproxy] max_conns_per_host (0: no limit)."""
+        return ctx.config.dataproxy.max_conns_per_host
+
+    def query_timeout(self, ctx: Context) -> float:
+        """Seconds one request's queries may take on this data source: jsonData.timeout or [dataproxy] timeout."""
+        value = ctx.ds.options.get("timeout")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            return float(value)
+        return ctx.config.dataproxy.timeout
+
 
 def refuse_unlisted_writes(ds_type: str, method: str) -> None:
     """Prometheus-like types: a write method no route allows is refused (Grafana's proxy rule)."""
@@ -166,13 +207,13 @@ class HttpPing(Backend):
 
     def __init__(self, plugin: Plugin, path: str, query: str = "") -> None:
         self.plugin = plugin
-        self.path = path
-        self.query = query
+        self.health_path = path
+        self.health_query = query
 
     async def check_health(self, ctx: Context, is_admin: bool) -> HealthResult:
         """OK when the data source answers the path with a status below 400."""
         try:
-            answer = await ctx.http.fetch("GET", self.path, self.query, limit=1 << 20)
+            answer = await ctx.http.fetch("GET", self.health_path, self.health_query, limit=1 << 20)
         except UpstreamError as error:
             return HealthResult(status="ERROR", message=f"Data source is not reachable: {type(error).__name__}")
         if answer.status >= 400:

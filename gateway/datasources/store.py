@@ -67,6 +67,14 @@ class DataSourceStore:
             raise DataSourceNotFound()
         return DataSource.from_record(row)
 
+    async def get_default_data_source(self, org_id: int) -> DataSource:
+        """The org's default data source, or DataSourceNotFound."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(self._q["get_default_data_source"], org_id)
+        if row is None:
+            raise DataSourceNotFound()
+        return DataSource.from_record(row)
+
     async def get_data_sources_by_uid(self, org_id: int, uids: Sequence[str]) -> list[DataSource]:
         """The org's data sources among `uids` (missing ones are left out)."""
         async with self._db.connection() as conn:

@@ -83,3 +83,7 @@ DELETE FROM data_source WHERE org_id = $1 AND id = $2 RETURNING id;
 -- name: notify_data_source_changed
 -- $1 "org_id:id:uid". Sent on commit to every replica's cache (gateway/cache.py CHANNEL).
 SELECT pg_notify('gateway_datasource', $1);
+
+-- name: get_default_data_source
+-- $1 org id -> the org's default data source, if it has one.
+SELECT * FROM data_source WHERE org_id = $1 AND is_default ORDER BY id LIMIT 1;

@@ -1,0 +1,86 @@
+"""POST /api/ds/query: many queries to many data sources, answered as Grafana's data frames."""
+
+from __future__ import annotations
+
+import zlib
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from gateway.auth import authorize
+from gateway.binding import bind
+from gateway.frames import DataResponse, encode_msgpack, json_chunks
+from gateway.keys import cache_key, config_key, store_key
+from gateway.query import MetricRequest, Resolver, execute, failed, plan
+
+MULTI_STATUS_TOGGLE = "datasourceQueryMultiStatus"
+WRITE_SIZE = 64 << 10  # bytes gathered before a write: few syscalls, never the whole body in memory
+GZIP_AFTER = 16 << 10  # bodies smaller than this go out uncompressed
+
+
+async def query_metrics_v2(request: web.Request) -> web.StreamResponse:
+    """POST /api/ds/query (Grafana's QueryMetricsV2): 200 when every query succeeded, else 400 with every
+    result (207 with the datasourceQueryMultiStatus toggle)."""
+    identity = await authorize(request, "datasources:query")
+    body = bind(await request.read(), request.content_type, MetricRequest)
+    config = request.app[config_key]
+    resolver = Resolver(identity.org_id, request.app[cache_key], request.app[store_key],
+                        lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
+    groups = await plan(body, resolver, config, datetime.now(UTC))
+    results = await execute(groups, config)
+    status = 200
+    if failed(results):
+        status = 207 if MULTI_STATUS_TOGGLE in config.feature_toggles.enable else 400
+    return await write_results(request, results, status)
+
+
+async def write_results(request: web.Request, results: dict[str, DataResponse], status: int) -> web.StreamResponse:
+    """The QueryDataResponse: MessagePack when the client accepts only that, else JSON written frame by frame,
+    gzipped when the client accepts gzip and the body is not small."""
+    if "application/msgpack" in request.headers.get("Accept", "") and "json" not in request.headers.get("Accept", ""):
+        return web.Response(body=encode_msgpack(results), status=status, content_type="application/msgpack")
+    chunks = json_chunks(results)
+    first: list[bytes] = []
+    size = 0
+    for chunk in chunks:  # small bodies are known whole before anything is sent
+        first.append(chunk)
+        size += len(chunk)
+        if size > GZIP_AFTER:
+            break
+    else:
+        return web.Response(body=b"".join(first), status=status, content_type="application/json")
+    gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
+    response = web.StreamResponse(status=status)
+    response.content_type = "application/json"
+    if gzip:
+        response.headers["Content-Encoding"] = "gzip"
+        response.headers["Vary"] = "Accept-Encoding"
+    await response.prepare(request)
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31) if gzip else None
+    pending: list[bytes] = first
+    pending_size = size
+
+    async def flush() -> None:
+        nonlocal pending, pending_size
+        data = b"".join(pending)
+        pending, pending_size = [], 0
+        if packer is not None:
+            data = packer.compress(data)
+        if data:
+            await response.write(data)
+
+    for chunk in chunks:
+        pending.append(chunk)
+        pending_size += len(chunk)
+        if pending_size >= WRITE_SIZE:
+            await flush()
+    await flush()
+    if packer is not None:
+        await response.write(packer.flush())
+    await response.write_eof()
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the query route."""
+    app.router.add_post("/api/ds/query", query_metrics_v2)
