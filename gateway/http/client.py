@@ -254,10 +254,11 @@ class DataSourceClient:
                     response.abort()
                     raise
                 response.release()
+            answer = _decoded(response.status, response.headers, raw, limit)  # a bad gzip body fails the call
         except BaseException as error:
             self._fail(method, started, error)
-        self._clients.observe(self.ds, method, str(response.status), time.monotonic() - started)
-        return _decoded(response.status, response.headers, raw, limit)
+        self._clients.observe(self.ds, method, str(answer.status), time.monotonic() - started)
+        return answer
 
     async def _send(self, method: str, target: str, headers: list[tuple[str, str]],
                     body: bytes | AsyncIterable[bytes] | None, content_length: int | None,
