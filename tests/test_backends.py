@@ -134,18 +134,30 @@ async def test_postgres_health_connects_for_real(client, database_url):
 
 
 async def test_types_without_health_answer_as_grafana(client, make_token):
-    await add(client, name="my", uid="my", type="mysql", url="db:3306")
-    response = await client.get("/api/datasources/uid/my/health", headers=ADMIN)
-    assert response.status == 404
-    assert await response.json() == {"message": "Method not implemented", "messageId": "plugin.notImplemented",
-                                     "statusCode": 404, "traceID": ""}
     await add(client, name="x", uid="x", type="some-external-plugin", url="http://x")
     response = await client.get("/api/datasources/uid/x/health", headers=ADMIN)
     assert (await response.json())["messageId"] == "plugin.notRegistered"
+    await add(client, name="t", uid="t", type="tempo", url="http://x")
+    response = await client.get("/api/datasources/uid/t/health", headers=ADMIN)
+    assert response.status == 404 and (await response.json())["messageId"] == "plugin.notRegistered"
     response = await client.get("/api/datasources/uid/nope/health", headers=ADMIN)
     assert response.status == 404
     nobody = await make_token("None")
-    assert (await client.get("/api/datasources/uid/my/health", headers=nobody)).status == 403
+    assert (await client.get("/api/datasources/uid/x/health", headers=nobody)).status == 403
+
+
+async def test_mysql_health_runs_select_1_on_a_real_mariadb(client, make_token):
+    await add(client, name="my", uid="my", type="mysql", url="127.0.0.1:3306", user="root", database="test")
+    response = await client.get("/api/datasources/uid/my/health", headers=ADMIN)
+    assert (response.status, await response.json()) == (200, {"message": "Database Connection OK", "status": "OK"})
+    await add(client, name="down", uid="down", type="mysql", url=f"127.0.0.1:{_closed_port()}", user="root",
+              secureJsonData={"password": "s3cret-pw"})
+    response = await client.get("/api/datasources/uid/down/health", headers=ADMIN)
+    body = await response.json()
+    assert response.status == 400 and body["status"] == "ERROR" and "s3cret-pw" not in str(body)
+    assert body["message"].startswith("Failed to connect to the server")
+    response = await client.get("/api/datasources/uid/down/health", headers=await make_token("Viewer"))
+    assert (await response.json())["message"] == "Database connection failed"
 
 
 async def test_prometheus_and_loki_resources_pass_through(client, prometheus):

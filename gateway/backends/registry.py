@@ -9,6 +9,7 @@ from gateway.backends.base import Backend, HttpPing, Plugin, core_plugin
 from gateway.backends.elasticsearch import Elasticsearch
 from gateway.backends.influxdb import InfluxDB, InfluxDB08
 from gateway.backends.loki import Loki
+from gateway.backends.mysql import MySQL
 from gateway.backends.postgres import Postgres
 from gateway.backends.prometheus import HostedPrometheus, Prometheus
 from gateway.backends.testdata import TestData
@@ -21,13 +22,6 @@ class Listed(Backend):
 
     def __init__(self, plugin: Plugin) -> None:
         self.plugin = plugin
-
-
-class MySQL(Backend):
-    """MySQL is known, but gateway has no driver for it yet: health and resources are not implemented."""
-
-    plugin = core_plugin("mysql", "MySQL", "mysql_logo.svg")
-    served = True
 
 
 _GENERIC = Backend()
