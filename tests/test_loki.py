@@ -3,11 +3,14 @@ receives (a loopback server speaking Loki's query API), Grafana's Loki frames, a
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from gateway.backends.base import DataQuery
 from gateway.backends.loki import (
@@ -22,6 +25,7 @@ from gateway.errors import GatewayError
 from gateway.frames import encode_json
 from gateway.gtime import TimeRange
 from tests.test_frames import load
+from tests.test_query import add, post
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "prometheus"
 FROM_MS, TO_MS = 1_700_000_000_000, 1_700_003_600_000  # one hour
@@ -136,3 +140,191 @@ def test_stats_become_grafanas_named_query_stats():
     assert stats[2] == {"displayName": "Summary: total bytes processed", "unit": "decbytes", "value": 0.0}
     assert stats[4] == {"displayName": "Summary: exec time", "unit": "s", "value": 0.5}
     assert parse_stats(None) is None and parse_stats({"stats": []}) is None
+
+
+# -- a Loki on loopback ----------------------------------------------------------------------------------
+
+STATS = {"summary": {"bytesProcessedPerSecond": 1000, "linesProcessedPerSecond": 10, "totalBytesProcessed": 300,
+                     "totalLinesProcessed": 3, "execTime": 0.25}}
+
+
+class FakeLoki:
+    """Answers Loki's query API from the request: log lines inside [start, end] (`limit` of them, newest first
+    unless direction=forward), one series per level for metric queries (values from `start` by `step`), and
+    errors or silence for the expressions that ask for them. Records every request."""
+
+    def __init__(self) -> None:
+        self.requests: list[web.Request] = []
+        self.in_flight = self.most_in_flight = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(request)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        expr = request.query.get("query", "")
+        if "slow" in expr:
+            await asyncio.sleep(0.3)
+        if "hang" in expr:
+            await asyncio.sleep(30)
+        if "bad" in expr:
+            return web.json_response({"message": "parse error at line 1, col 1: syntax error: unexpected IDENTIFIER"},
+                                     status=400)
+        if "boom" in expr:
+            return web.Response(status=500, text="internal error: too many outstanding requests\n")
+        if request.path.endswith("/query_range"):
+            start, end = int(request.query["start"]), int(request.query["end"])
+            step_ms = int(request.query["step"].removesuffix("ms"))
+            if expr.startswith(("rate(", "count_over_time(", "sum")):
+                stamps = range(start // 1_000_000, end // 1_000_000 + 1, step_ms)
+                result = [{"metric": {"level": level}, "values": [[t / 1000, str(index + n)] for n, t in
+                                                                    enumerate(stamps)]}
+                          for index, level in enumerate(("error", "info"))]
+                return _success("matrix", result)
+            span = end - start
+            stamps = [start + span * k // 4 + 123 for k in range(1, 4)]  # three sub-millisecond stamps inside
+            if request.query.get("direction") != "forward":
+                stamps.reverse()
+            limit = int(request.query.get("limit", "1000"))
+            entries = [[str(t), f"GET /api/{k} 200"] for k, t in enumerate(stamps[:limit])]
+            return _success("streams", [{"stream": {"app": "web", "level": "info"}, "values": entries}])
+        moment = int(request.query["time"]) / 1e9
+        return _success("vector", [{"metric": {"level": "error"}, "value": [moment, "7"]}])
+
+
+def _success(result_type: str, result: Any) -> web.Response:
+    return web.json_response({"status": "success", "data": {"resultType": result_type, "result": result,
+                                                            "stats": STATS}})
+
+
+@pytest.fixture
+async def loki(client: Any, aiohttp_server: Any) -> FakeLoki:
+    """A Loki on loopback, and a data source `loki` pointing at it (under a path prefix) with a 1 s timeout."""
+    fake = FakeLoki()
+    app = web.Application()
+    app.router.add_get("/prefix/loki/api/v1/query_range", fake.handle)
+    app.router.add_get("/prefix/loki/api/v1/query", fake.handle)
+    server = await aiohttp_server(app)
+    await add(client, "loki", "loki", url=str(server.make_url("/prefix")), basicAuth=True, basicAuthUser="u",
+              secureJsonData={"basicAuthPassword": "p"}, jsonData={"timeout": 1})
+    return fake
+
+
+def _loki_query(ref_id: str, expr: str, **model: Any) -> dict[str, Any]:
+    return {"refId": ref_id, "datasource": {"uid": "loki"}, "expr": expr, **model}
+
+
+async def test_a_log_query_sends_grafanas_request_and_answers_grafanas_log_frame(client, loki):
+    body = {"from": str(FROM_MS), "to": str(TO_MS), "queries": [
+        _loki_query("A", '{app="web"} |= "$__interval"', maxLines=2, intervalMs=2000,
+                    supportingQueryType="logsSample")]}
+    response = await post(client, body)
+    assert response.status == 200, await response.text()
+    (request,) = loki.requests
+    assert request.path == "/prefix/loki/api/v1/query_range"
+    assert request.raw_path.partition("?")[2] == (
+        "direction=backward&end=1700003600000000000&limit=2&query=%7Bapp%3D%22web%22%7D+%7C%3D+%222s%22"
+        "&start=1700000000000000000&step=2000ms")
+    assert request.headers["X-Query-Tags"] == "Source=logsample"
+    assert request.headers["Authorization"] == "Basic dTpw"
+    (frame,) = (await response.json())["results"]["A"]["frames"]
+    schema, data = frame["schema"], frame["data"]
+    assert schema["refId"] == "A"
+    assert [(f["name"], f["typeInfo"]["frame"]) for f in schema["fields"]] == [
+        ("labels", "json.RawMessage"), ("Time", "time.Time"), ("Line", "string"), ("tsNs", "string"),
+        ("id", "string")]
+    assert schema["meta"]["custom"] == {"frameType": "LabeledTimeValues"}
+    assert schema["meta"]["typeVersion"] == [0, 0]
+    assert schema["meta"]["executedQueryString"] == 'Expr: {app="web"} |= "2s"'
+    assert schema["meta"]["stats"][4] == {"displayName": "Summary: exec time", "unit": "s", "value": 0.25}
+    newest = FROM_MS * 1_000_000 + 3 * 3_600_000_000_000 // 4 + 123
+    middle = FROM_MS * 1_000_000 + 2 * 3_600_000_000_000 // 4 + 123
+    labels, times, lines, stamps, ids = data["values"]
+    assert labels == [{"app": "web", "level": "info"}] * 2
+    assert stamps == [str(newest), str(middle)] and lines == ["GET /api/0 200", "GET /api/1 200"]
+    assert times == [newest // 1_000_000, middle // 1_000_000] and data["nanos"] == [None, [123, 123], None, None,
+                                                                                       None]
+    assert [value.rsplit("_", 1)[0] for value in ids] == stamps and len(set(ids)) == 2
+
+
+async def test_metric_queries_answer_grafanas_series_frames_range_and_instant(client, loki):
+    body = {"from": str(FROM_MS), "to": str(FROM_MS + 60_000), "queries": [
+        _loki_query("R", "rate({app=\"web\"}[$__range])", intervalMs=15000, legendFormat="{{level}} rate"),
+        _loki_query("I", "sum(count_over_time({app=\"web\"}[5m]))", queryType="instant", direction="forward")]}
+    response = await post(client, body)
+    assert response.status == 200, await response.text()
+    by_path = {request.path: request for request in loki.requests}
+    assert by_path["/prefix/loki/api/v1/query_range"].query["step"] == "15000ms"
+    assert by_path["/prefix/loki/api/v1/query_range"].query["query"] == 'rate({app="web"}[60s])'
+    instant = by_path["/prefix/loki/api/v1/query"]
+    assert dict(instant.query) == {"direction": "forward", "query": 'sum(count_over_time({app="web"}[5m]))',
+                                   "time": str((FROM_MS + 60_000) * 1_000_000)}
+    results = (await response.json())["results"]
+    error, info = results["R"]["frames"]
+    assert error["schema"]["meta"] == {
+        "type": "timeseries-multi", "typeVersion": [0, 1], "stats": error["schema"]["meta"]["stats"],
+        "executedQueryString": 'Expr: rate({app="web"}[60s])\nStep: 15s'}
+    assert len(error["schema"]["meta"]["stats"]) == 5 and "stats" not in info["schema"]["meta"]
+    assert error["schema"]["fields"] == [
+        {"name": "Time", "type": "time", "typeInfo": {"frame": "time.Time"}, "config": {"interval": 15000}},
+        {"name": "Value", "type": "number", "typeInfo": {"frame": "float64"}, "labels": {"level": "error"},
+         "config": {"displayNameFromDS": "error rate"}}]
+    assert error["data"]["values"] == [[FROM_MS + k * 15000 for k in range(5)], [0, 1, 2, 3, 4]]
+    assert info["data"]["values"][1] == [1, 2, 3, 4, 5]
+    (vector,) = results["I"]["frames"]
+    assert vector["schema"]["meta"]["type"] == "numeric-multi"
+    assert vector["schema"]["meta"]["executedQueryString"] == 'Expr: sum(count_over_time({app="web"}[5m]))'
+    assert vector["schema"]["fields"][1]["config"] == {"displayNameFromDS": '{level="error"}'}
+    assert "config" not in vector["schema"]["fields"][0]
+    assert vector["data"]["values"] == [[FROM_MS + 60_000], [7]]
+
+
+async def test_queries_of_one_call_run_concurrently(client, loki):
+    body = {"from": str(FROM_MS), "to": str(TO_MS),
+            "queries": [_loki_query(ref, "{app=\"slow\"}") for ref in "ABCD"]}
+    response = await post(client, body)
+    assert response.status == 200 and sorted((await response.json())["results"]) == ["A", "B", "C", "D"]
+    assert len(loki.requests) == 4 and loki.most_in_flight == 4
+
+
+async def test_loki_errors_are_per_refid_with_the_message_grafana_shows(client, loki):
+    body = {"from": str(FROM_MS), "to": str(TO_MS), "queries": [
+        _loki_query("A", "{bad"), _loki_query("B", "{boom=\"1\"}"), _loki_query("C", "{app=\"web\"}")]}
+    response = await post(client, body)
+    assert response.status == 400
+    results = (await response.json())["results"]
+    assert results["A"] == {"error": "parse error at line 1, col 1: syntax error: unexpected IDENTIFIER",
+                            "errorSource": "downstream", "status": 500}
+    assert results["B"] == {"error": "internal error: too many outstanding requests\n", "errorSource": "downstream",
+                            "status": 500}
+    assert results["C"]["status"] == 200 and results["C"]["frames"]
+
+
+async def test_a_hanging_loki_is_a_504_within_the_data_source_timeout(client, loki):
+    started = time.monotonic()
+    response = await post(client, {"from": str(FROM_MS), "to": str(TO_MS), "queries": [_loki_query("A", "{hang}")]})
+    elapsed = time.monotonic() - started
+    assert response.status == 400 and elapsed < 3
+    result = (await response.json())["results"]["A"]
+    assert result["status"] == 504 and result["errorSource"] == "downstream" and result["error"]
+
+
+async def test_an_unreachable_loki_is_a_502_downstream(client):
+    await add(client, "gone", "loki", url="http://127.0.0.1:1")
+    response = await post(client, {"queries": [{"refId": "A", "datasource": {"uid": "gone"}, "expr": "{a=\"b\"}"}]})
+    assert response.status == 400
+    assert (await response.json())["results"]["A"] == {
+        "error": "Bad Gateway: the data source could not be reached", "errorSource": "downstream", "status": 502}
+
+
+async def test_a_model_grafana_refuses_fails_the_call_with_a_400_and_sends_nothing(client, loki):
+    response = await post(client, {"queries": [_loki_query("A", "{a}"), _loki_query("B", "{a}", queryType="x")]})
+    assert response.status == 400
+    results = (await response.json())["results"]
+    assert results["A"] == results["B"] == {"error": "invalid queryType: x", "errorSource": "", "status": 400}
+    assert loki.requests == []
