@@ -186,6 +186,9 @@ class FakeLoki:
                                                                     enumerate(stamps)]}
                           for index, level in enumerate(("error", "info"))]
                 return _success("matrix", result)
+            if "many" in expr:  # one stream of 3000 lines, one per millisecond from start
+                entries = [[str(start + k * 1_000_000), f"line {k % 7}"] for k in range(3000)]
+                return _success("streams", [{"stream": {"app": "many"}, "values": entries}])
             span = end - start
             stamps = [start + span * k // 4 + 123 for k in range(1, 4)]  # three sub-millisecond stamps inside
             if request.query.get("direction") != "forward":
@@ -202,9 +205,7 @@ def _success(result_type: str, result: Any) -> web.Response:
                                                             "stats": STATS}})
 
 
-@pytest.fixture
-async def loki(client: Any, aiohttp_server: Any) -> FakeLoki:
-    """A Loki on loopback, and a data source `loki` pointing at it (under a path prefix) with a 1 s timeout."""
+async def _serve(client: Any, aiohttp_server: Any) -> FakeLoki:
     fake = FakeLoki()
     app = web.Application()
     app.router.add_get("/prefix/loki/api/v1/query_range", fake.handle)
@@ -213,6 +214,12 @@ async def loki(client: Any, aiohttp_server: Any) -> FakeLoki:
     await add(client, "loki", "loki", url=str(server.make_url("/prefix")), basicAuth=True, basicAuthUser="u",
               secureJsonData={"basicAuthPassword": "p"}, jsonData={"timeout": 1})
     return fake
+
+
+@pytest.fixture
+async def loki(client: Any, aiohttp_server: Any) -> FakeLoki:
+    """A Loki on loopback, and a data source `loki` pointing at it (under a path prefix) with a 1 s timeout."""
+    return await _serve(client, aiohttp_server)
 
 
 def _loki_query(ref_id: str, expr: str, **model: Any) -> dict[str, Any]:
@@ -328,3 +335,30 @@ async def test_a_model_grafana_refuses_fails_the_call_with_a_400_and_sends_nothi
     results = (await response.json())["results"]
     assert results["A"] == results["B"] == {"error": "invalid queryType: x", "errorSource": "", "status": 400}
     assert loki.requests == []
+
+
+async def test_long_log_answers_keep_one_unique_id_per_line(client, loki):
+    response = await post(client, {"from": str(FROM_MS), "to": str(TO_MS), "queries": [_loki_query("A", "{many}")]})
+    assert response.status == 200
+    values = (await response.json())["results"]["A"]["frames"][0]["data"]["values"]
+    assert len(values[4]) == 3000 and len(set(values[4])) == 3000
+    assert values[2][:2] == ["line 0", "line 1"] and values[1][1] == FROM_MS + 1
+
+
+async def test_each_data_source_limit_holds_its_queries_and_the_whitelist_applies(aiohttp_client, aiohttp_server,
+                                                                                 database_url):
+    from gateway.app import create_app
+    from tests.conftest import make_config
+
+    limited = await aiohttp_client(create_app(make_config(database_url, dataproxy={"max_conns_per_host": 1})))
+    fake = await _serve(limited, aiohttp_server)
+    body = {"from": str(FROM_MS), "to": str(TO_MS), "queries": [_loki_query(ref, "{slow}") for ref in "AB"]}
+    assert (await post(limited, body)).status == 200
+    assert len(fake.requests) == 2 and fake.most_in_flight == 1
+
+    guarded = await aiohttp_client(create_app(make_config(
+        database_url, security={"data_source_proxy_whitelist": ("example.com:3100",)})))
+    response = await post(guarded, {"queries": [_loki_query("A", "{a}")]})
+    assert response.status == 400
+    result = (await response.json())["results"]["A"]
+    assert result["status"] == 403 and result["errorSource"] == "plugin" and len(fake.requests) == 2

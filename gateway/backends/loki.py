@@ -97,6 +97,7 @@ _SUPPORTING = {"logsVolume": "logvolhist", "logsSample": "logsample", "dataSampl
 _PLUGIN_STATUSES = frozenset({405, 406, 412, 413, 431, 414, 417, 426, 416, 501})
 _LEGEND = re.compile(r"\{\{\s*(.+?)\s*\}\}")
 _NS_PER_MS = 1_000_000
+_BIG_FRAMES = 2048  # rows above which frames are adjusted in a worker thread
 
 
 class LokiQueryModel(msgspec.Struct, rename="camel"):
@@ -572,19 +573,29 @@ async def run_query(ctx: Context, query: LokiQuery) -> DataResponse:
     try:
         async with ctx.slot():
             answer = await ctx.http.fetch("GET", path, params, headers, limit=limit)
-    except UpstreamError as error:
+    except (UpstreamError, GatewayError) as error:  # the latter: settings refused (whitelist, TLS files, URL)
         known = translate(error)
-        assert known is not None  # every UpstreamError has a translation
-        return DataResponse(error=known.message, status=known.status, error_source="downstream")
+        assert known is not None  # both have a translation
+        source = "downstream" if isinstance(error, UpstreamError) else "plugin"
+        return DataResponse(error=known.message, status=known.status, error_source=source)
     if not 200 <= answer.status < 300:
         source = "plugin" if answer.status in _PLUGIN_STATUSES else "downstream"
         return DataResponse(error=_error_text(answer.body), error_source=source)
     response = read_loki_result(answer.body)
-    if response.frames is not None:
-        try:
-            for frame in response.frames:
-                if len(frame.fields) >= 2:  # the frame made to carry warnings has none
-                    adjust_frame(frame, query)
-        except ConversionError as error:
-            return DataResponse(error=str(error), error_source=error.source)
+    if response.frames is None:
+        return response
+    try:
+        if sum(frame.rows for frame in response.frames) > _BIG_FRAMES:
+            # log ids hash every byte in Python: long answers are adjusted off the event loop
+            await asyncio.to_thread(_adjust_all, response.frames, query)
+        else:
+            _adjust_all(response.frames, query)
+    except ConversionError as error:
+        return DataResponse(error=str(error), error_source=error.source)
     return response
+
+
+def _adjust_all(frames: list[Frame], query: LokiQuery) -> None:
+    for frame in frames:
+        if len(frame.fields) >= 2:  # the frame made to carry warnings has none
+            adjust_frame(frame, query)
