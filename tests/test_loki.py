@@ -362,3 +362,43 @@ async def test_each_data_source_limit_holds_its_queries_and_the_whitelist_applie
     assert response.status == 400
     result = (await response.json())["results"]["A"]
     assert result["status"] == 403 and result["errorSource"] == "plugin" and len(fake.requests) == 2
+
+
+@pytest.mark.parametrize(("body", "error", "source"), [
+    (b"<html>busy</html>", "response from prometheus couldn't be parsed. it is non-json: ", "downstream"),
+    (b'{"status":"error","errorType":"bad_data","error":"no"}', "bad_data: no", "plugin"),
+    (b'{"status":"success","data":{"result":[]}}', "no resultType found", "downstream"),
+    (b'{"status":"success","data":{"resultType":"table","result":[]}}', "unknown result type: table", "plugin"),
+    (b'{"status":"success","data":{"resultType":"matrix","result":[{"values":[[1,"many"]]}]}}', "could not convert",
+     "downstream"),
+    (b'{"status":"success","data":{"resultType":"matrix","result":[{"values":[[1e300,"1"]]}]}}', "sample time",
+     "downstream"),
+    (b'{"status":"success","data":{"resultType":"scalar","result":[1,"x"]}}', "could not convert", "downstream"),
+    (b'{"status":"success","data":{"resultType":"vector","result":[{"value":"7"}]}}', "Expected `array | null`",
+     "downstream"),
+    (b'{"status":"success","data":{"resultType":"streams","result":[{"values":[["12ab","l"]]}]}}',
+     "unexpected time format '12ab' in response", "downstream"),
+])
+def test_odd_answers_are_errors_of_their_refid_never_a_crash(body, error, source):
+    response = read_loki_result(body)
+    assert response.frames is None and response.error is not None
+    assert error in response.error and response.error_source == source and response.status == 500
+
+
+def test_long_and_odd_timestamps_take_grafanas_slow_path():
+    body = (b'{"status":"success","data":{"resultType":"streams","result":[{"values":['
+            b'["16450302440000000001","a"],["1645030244810757120","b"],["17","c"]]}]}}')
+    response = read_loki_result(body)
+    assert response.frames is not None
+    # 20 digits: 10 of seconds, then the rest as nanoseconds
+    assert response.frames[0].fields[1].values == [1645030244000, 1645030244810, 0]
+    assert response.frames[0].fields[1].nanos == [1, 757120, 17]
+
+
+async def test_loki_errors_bodies_are_bounded_and_read_as_go_reads_them():
+    from gateway.backends.loki import _error_text
+
+    assert _error_text(b'{"Message": "quoted"}') == "quoted"
+    assert _error_text(b'{"message": 3}') == '{"message": 3}'
+    assert _error_text(b'{"message": ""}') == '{"message": ""}'
+    assert _error_text(b"\xff" + b"x" * 10_000) == "\ufffd" + "x" * 4095 + "…"

@@ -353,6 +353,8 @@ def _series_frames(series: list[_Series], result_type: str) -> list[Frame]:
             raise ConversionError(str(error)) from None
         # Go's timeFromFloat: int64(seconds * 1000.0), truncated toward zero
         times = list(map(int, map(1000.0.__mul__, stamps)))
+        if times and (max(times) >= 2**63 or min(times) < -(2**63)):
+            raise ConversionError("sample time outside the range of a time.Time")
         frames.append(Frame([Field("Time", "time.Time", times), Field("Value", "float64", values, labels=one.metric)],
                             meta=meta(frame_type, (0, 1), custom={"resultType": result_type})))
     return frames
@@ -379,7 +381,7 @@ def read_loki_result(body: bytes) -> DataResponse:
             frames = _read_data(answer.data)
     except ConversionError as error:
         return DataResponse(error=str(error), error_source=error.source)
-    except (msgspec.DecodeError, RecursionError) as error:
+    except (msgspec.DecodeError, RecursionError, ValueError, OverflowError) as error:  # an odd shape or number
         return DataResponse(error=str(error), error_source="downstream")
     warnings = _notices(answer.warnings, "warning") + _notices(answer.infos, "info")
     if warnings:
