@@ -130,7 +130,7 @@ class LokiQuery(msgspec.Struct, frozen=True):
     @property
     def step_ms(self) -> int:
         """The step as Go's Duration.Milliseconds() (truncated)."""
-        return int(self.step_ns / _NS_PER_MS)
+        return _go_div(self.step_ns, _NS_PER_MS)
 
     def path_and_query(self) -> tuple[str, str]:
         """The Loki API path and query string, keys sorted as Go's url.Values.Encode writes them."""
