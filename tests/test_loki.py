@@ -402,3 +402,18 @@ async def test_loki_errors_bodies_are_bounded_and_read_as_go_reads_them():
     assert _error_text(b'{"message": 3}') == '{"message": 3}'
     assert _error_text(b'{"message": ""}') == '{"message": ""}'
     assert _error_text(b"\xff" + b"x" * 10_000) == "\ufffd" + "x" * 4095 + "…"
+
+
+async def test_an_answer_longer_than_the_response_limit_is_a_502_of_its_refid(aiohttp_client, aiohttp_server,
+                                                                              database_url):
+    from gateway.app import create_app
+    from tests.conftest import make_config
+
+    small = await aiohttp_client(create_app(make_config(database_url, dataproxy={"response_limit": 4096})))
+    await _serve(small, aiohttp_server)
+    body = {"from": str(FROM_MS), "to": str(TO_MS), "queries": [_loki_query("A", "{many}"), _loki_query("B", "{a}")]}
+    response = await post(small, body)
+    assert response.status == 400
+    results = (await response.json())["results"]
+    assert results["A"]["status"] == 502 and results["A"]["errorSource"] == "downstream"
+    assert results["B"]["status"] == 200
