@@ -312,3 +312,28 @@ async def test_queries_run_concurrently(client, database_url):
                                        for ref in "ABC"))
     assert status == 200 and time.monotonic() - started < 0.85
 
+
+
+async def test_other_types_are_strings_as_postgresql_writes_them(client, database_url, db):
+    await add_pg(client, database_url)
+    sql = ("SELECT ARRAY[1,2] AS a, ARRAY[['x y','{'],[NULL,'null']] AS b, ROW(1,'a b',NULL) AS c,"
+           " int4range(1,5) AS d, '1 mon 2 days'::interval AS e, '10.0.0.1'::inet AS f, 'y'::\"char\" AS g,"
+           " '24:00'::time AS h, 'infinity'::float4 AS i, 'empty'::int4range AS j")
+    status, body = await answer(client, sql_query(sql, format="table"))
+    assert status == 200, body
+    values = body["results"]["A"]["frames"][0]["data"]["values"]
+    assert values == [["{1,2}"], ['{{"x y","{"},{NULL,"null"}}'], ['(1,"a b",)'], ["[1,5)"], ["1 mon 2 days"],
+                      ["10.0.0.1"], ["y"], ["24:00:00"], [None], ["empty"]]
+    # PostgreSQL's own text output (inet's cast to text adds the mask its output leaves out)
+    texts = await db.fetchrow("SELECT " + ", ".join(f"{name}::text" for name in "abcde") + " FROM (" + sql + ") q")
+    assert [[text] for text in texts] == values[:5]
+    assert body["results"]["A"]["frames"][0]["data"]["entities"][8] == {"Inf": [0]}
+
+
+async def test_a_query_leaves_no_setting_behind_on_its_connection(client, database_url):
+    await add_pg(client, database_url, maxOpenConns=1)
+    status, body = await answer(client, sql_query("SET TIME ZONE 'Asia/Tokyo'; SELECT current_setting('TimeZone') "
+                                                  "AS tz", format="table"))
+    assert status == 200 and body["results"]["A"]["frames"][0]["data"]["values"] == [["Asia/Tokyo"]]
+    status, body = await answer(client, sql_query("SELECT current_setting('TimeZone') AS tz", format="table"))
+    assert body["results"]["A"]["frames"][0]["data"]["values"] != [["Asia/Tokyo"]]

@@ -290,9 +290,52 @@ def _time(value: Any) -> int:
 
 
 def _string(value: Any) -> str:
+    """A value of a type Grafana reads as a string, as PostgreSQL writes it (the text codecs give most as is;
+    arrays, composites and ranges arrive decoded and are written back in PostgreSQL's text form)."""
+    if isinstance(value, str):
+        return value
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, list):
+        return "{" + ",".join("NULL" if item is None else _string(item) if isinstance(item, list)
+                              else _quoted(_element(item), _ARRAY_SPECIAL, True) for item in value) + "}"
+    if isinstance(value, tuple):  # a composite (record)
+        return "(" + ",".join("" if item is None else _quoted(_element(item), _RECORD_SPECIAL, False)
+                              for item in value) + ")"
+    if isinstance(value, asyncpg.Range):
+        if value.isempty:
+            return "empty"
+        lower = "" if value.lower_inf else _quoted(_element(value.lower), _RECORD_SPECIAL, False)
+        upper = "" if value.upper_inf else _quoted(_element(value.upper), _RECORD_SPECIAL, False)
+        return f"{'[' if value.lower_inc else '('}{lower},{upper}{']' if value.upper_inc else ')'}"
+    return _element(value)
+
+
+_ARRAY_SPECIAL = frozenset('{}",\\')
+_RECORD_SPECIAL = frozenset('()[]",\\')
+
+
+def _element(value: Any) -> str:
+    """One element of an array, composite or range as PostgreSQL's text output writes it (near enough for
+    numbers and times: Python's shortest float, ISO times with a space)."""
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text.replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, datetime | date):
+        return str(value)
+    if isinstance(value, list | tuple | bytes) or isinstance(value, asyncpg.Range):
+        return _string(value)
+    return str(value)
+
+
+def _quoted(text: str, special: frozenset[str], null_word: bool) -> str:
+    """`text` in double quotes (backslash-escaped) when PostgreSQL would quote it in an array or record."""
+    if text and not any(char in special or char.isspace() for char in text) \
+            and not (null_word and text.upper() == "NULL"):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 _CONVERT: dict[str, Callable[[Any], Any]] = {
