@@ -271,6 +271,22 @@ async def test_rows_stop_at_the_row_limit_with_grafanas_notice(aiohttp_client, a
     assert frame["schema"]["meta"]["notices"] == [
         {"severity": "warning", "text": "Results have been limited to 3 because the SQL row limit was reached"}]
     assert "notices" not in body["results"]["B"]["frames"][0]["schema"]["meta"]
+    # a fill that would make more rows than the limit is not done, and says so
+    sql = "SELECT $__timeGroupAlias(t, 1s, NULL), 1.0 AS v FROM (SELECT now() AS t) q"
+    status, body = await answer(client, sql_query(sql))
+    frame = body["results"]["A"]["frames"][0]
+    assert status == 200 and len(frame["data"]["values"][0]) == 1
+    assert frame["schema"]["meta"]["notices"] == [{"severity": "warning", "text": "Failed to resample dataframe"}]
+
+
+async def test_sub_second_fill_intervals_align_to_the_interval(client, database_url):
+    await add_pg(client, database_url)
+    sql = ("SELECT $__timeGroupAlias(t, 500ms, previous), v FROM (VALUES (to_timestamp(1703427322.6), 1.5)) AS q(t, v)"
+           " ORDER BY 1")
+    status, body = await answer(client, sql_query(sql), start="1703427322200", end="1703427323700")
+    assert status == 200, body
+    assert body["results"]["A"]["frames"][0]["data"]["values"] == [
+        [1703427322000, 1703427322500, 1703427323000, 1703427323500], [None, 1.5, 1.5, 1.5]]
 
 
 async def test_queries_share_a_pool_bounded_by_max_open_conns(client, database_url):

@@ -109,7 +109,11 @@ class Postgres(Backend):
 
         async def one(query: DataQuery, raw_sql: str, fmt: str) -> DataResponse:
             async with ctx.slot():
-                return await run_query(ctx, query, raw_sql, fmt)
+                try:
+                    return await run_query(ctx, query, raw_sql, fmt)
+                except Exception:  # as Grafana's panic handler: this refId fails, the others still answer
+                    log.exception("query %s of data source %s failed", query.ref_id, ctx.ds.uid)
+                    return DataResponse(error=f"unexpected error - {USER_FACING_DEFAULT_ERROR}", error_source="plugin")
 
         answers = await asyncio.gather(*(one(*item) for item in runnable))
         return {query.ref_id: answer for (query, _, _), answer in zip(runnable, answers, strict=True)}

@@ -535,12 +535,12 @@ def shape(columns: list[Column], fmt: str, executed: str, notices: list[Notice],
         interval_ns = int(fill.interval * NS_PER_S)
         if interval_ns > 0:
             step = int(fill.interval)
-            if step == 0:  # Grafana divides by the whole seconds and panics
-                return DataResponse(error="runtime error: integer divide by zero", error_source="plugin")
-            start = _trunc_div(time_range.from_ms // 1000, step) * step
+            if step:  # Grafana aligns the start to the whole seconds of the interval
+                start_ns = _trunc_div(time_range.from_ms // 1000, step) * step * NS_PER_S
+            else:  # where Grafana divides by zero (and panics), align to the interval itself
+                start_ns = time_range.from_ms * NS_PER_MS // interval_ns * interval_ns
             try:
-                columns = resample(columns, fill, start * NS_PER_S, time_range.to_ms * NS_PER_MS, interval_ns,
-                                   row_limit)
+                columns = resample(columns, fill, start_ns, time_range.to_ms * NS_PER_MS, interval_ns, row_limit)
             except ResampleError:
                 frame_meta.notices = [*notices, Notice("warning", "Failed to resample dataframe")]
     return DataResponse([_frame(columns, frame_meta)])
