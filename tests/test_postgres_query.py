@@ -259,6 +259,15 @@ async def test_statements_time_out_at_the_data_sources_timeout(client, database_
                                              "(SQLSTATE 57014)")
 
 
+async def test_a_request_past_its_deadline_leaves_the_pool_usable(client, database_url):
+    await add_pg(client, database_url, timeout=1, maxOpenConns=1)
+    sql = "SELECT pg_sleep(0.6); SELECT pg_sleep(0.6); SELECT 1 AS x"  # each statement within its own timeout
+    status, body = await answer(client, sql_query(sql, format="table"))
+    assert status == 400 and body["results"]["A"]["error"] == "the data source did not answer within 1s"
+    status, body = await answer(client, sql_query("SELECT 2 AS x", format="table"))
+    assert status == 200 and body["results"]["A"]["frames"][0]["data"]["values"] == [[2]]
+
+
 async def test_rows_stop_at_the_row_limit_with_grafanas_notice(aiohttp_client, aiohttp_server, database_url):
     config = make_config(database_url, dataproxy={"row_limit": 3})
     options = {name: value for name, value in SERVER_OPTIONS.items() if name != "handler_cancellation"}

@@ -56,7 +56,7 @@ def connect_options(ctx: Context) -> dict[str, Any]:
         "host": host or "localhost", "port": int(port) if port.isdigit() else 5432,
         "database": ds.database or str(ds.options.get("database", "")) or None,
         "user": ds.user or None, "password": ctx.secrets.get("password"), "ssl": tls,
-        "timeout": CONNECT_TIMEOUT, "command_timeout": CONNECT_TIMEOUT,
+        "timeout": CONNECT_TIMEOUT,  # no command_timeout: a query is bounded by its statement_timeout and deadline
     }
 
 
@@ -88,7 +88,7 @@ class Postgres(Backend):
         try:
             connections = await pool(ctx)
             async with connections.acquire(timeout=CONNECT_TIMEOUT) as conn:
-                await conn.fetchval("SELECT 1")
+                await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)
         except asyncpg.PostgresError as error:
             code = getattr(error, "sqlstate", "") or ""
             detail = f"Database error: Failed to connect to the postgres server. Postgres error code: {code}"
