@@ -1,5 +1,14 @@
 """PostgreSQL queries through POST /api/ds/query against the test database: Grafana's sql/ goldens, the macros
-with their exact output, and the guards (read only, statement timeout, row limit, the pool's bound)."""
+with their exact output, and the guards (read only, statement timeout, row limit, the pool's bound).
+
+Goldens: each fixture's temporary table becomes a real `tbl` in the test database (dropped around each test),
+queried through a data source that points there. Every pgx golden matches as parsed JSON, with three notes:
+`table/types_datetime` is lib/pq's (time and timetz as time.Time) and is not ours to match; `table/no_rows` and
+`time_series/no_rows_wide` still list the fields, which Grafana's newest code (and spec §13.3) drops, so they
+are compared without them; `time_series/simple` and `table/no_rows` have no fixture of their own and use
+`table/simple.sql`, as the goldens' README suggests. Floats such as 1.7e18 are compared as numbers: Go writes
+them in digits, msgspec with an exponent (the same double).
+"""
 
 from __future__ import annotations
 
