@@ -54,7 +54,7 @@ def connect_options(ctx: Context) -> dict[str, Any]:
         tls = context
     return {
         "host": host or "localhost", "port": int(port) if port.isdigit() else 5432,
-        "database": ds.database or str(ds.options.get("database", "")) or None,
+        "database": str(ds.options.get("database", "") or "") or ds.database or None,  # jsonData's first, as Grafana
         "user": ds.user or None, "password": ctx.secrets.get("password"), "ssl": tls,
         "timeout": CONNECT_TIMEOUT,  # no command_timeout: a query is bounded by its statement_timeout and deadline
     }
