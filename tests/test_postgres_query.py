@@ -371,3 +371,21 @@ async def test_a_query_leaves_no_setting_behind_on_its_connection(client, databa
     assert status == 200 and body["results"]["A"]["frames"][0]["data"]["values"] == [["Asia/Tokyo"]]
     status, body = await answer(client, sql_query("SELECT current_setting('TimeZone') AS tz", format="table"))
     assert body["results"]["A"]["frames"][0]["data"]["values"] != [["Asia/Tokyo"]]
+
+
+def test_resample_takes_the_last_row_of_each_slot_and_fills_the_rest():
+    from gateway.backends.sql import resample
+
+    second = 1_000_000_000
+    columns = [Column("Time", "time", [5 * second, 12 * second, 14 * second, 31 * second]),
+               Column("v", "float64", [1.0, 2.0, 3.0, 4.0])]
+    for fill, expected in ((Fill(10, "previous"), [1.0, 3.0, 3.0, 4.0]), (Fill(10, "null"), [1.0, 3.0, None, 4.0]),
+                           (Fill(10, "value", 7), [1.0, 3.0, 7.0, 4.0])):
+        out = resample(columns, fill, 10 * second, 40 * second, 10 * second, 100)
+        assert out[0].values == [10 * second, 20 * second, 30 * second, 40 * second]
+        assert out[1].values == expected, fill
+
+
+def test_split_statements_keeps_quoted_escapes_and_drops_empty_ones():
+    sql = "SELECT E'a\\';b'; ; -- only a comment\n; SELECT 'it''s;' /* ; /* nested ; */ */"
+    assert split_statements(sql) == ["SELECT E'a\\';b'", " SELECT 'it''s;' /* ; /* nested ; */ */"]
