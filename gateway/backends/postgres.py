@@ -31,6 +31,7 @@ from gateway.backends.sql import (
     shape,
 )
 from gateway.frames import DataResponse, Notice
+from gateway.http.pool import UpstreamPoolClosed
 
 log = logging.getLogger("gateway.postgres")
 
@@ -200,7 +201,8 @@ async def execute(ctx: Context, sql: str, row_limit: int) -> tuple[list[Column],
     try:
         connections = await pool(ctx)
         conn = await connections.acquire(timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as error:
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, ValueError,
+            UpstreamPoolClosed) as error:  # the last: a request that outlived a change of the data source
         log.warning("data source %s: cannot connect: %s", ctx.ds.uid, type(error).__name__)
         raise SqlError("db query error", f"failed to connect to server - {USER_FACING_DEFAULT_ERROR}") from None
     try:
