@@ -213,10 +213,12 @@ async def test_errors_come_per_refid_with_the_executed_sql(client, database_url)
     status, body = await answer(
         client, sql_query("SELECT 1 AS v"), sql_query("SELECT * FROM nowhere", "B"), sql_query("$__nope()", "C"),
         sql_query("SELECT 1 AS x", "D", format="table"), sql_query("", "E"),
-        sql_query("SELECT now() AS time, 'b' AS c, 1 AS v UNION ALL SELECT now() - interval '1h', 'a', 2", "F"))
+        sql_query("SELECT now() AS time, 'b' AS c, 1 AS v UNION ALL SELECT now() - interval '1h', 'a', 2", "F"),
+        sql_query("""SELECT now() AS time, '{"a": 1}'::jsonb AS j""", "G"),
+        sql_query("SELECT 'soon' AS time, 1 AS v", "H"))
     assert status == 400
     results = body["results"]
-    assert set(results) == {"A", "B", "C", "D", "F"}  # an empty rawSql has no answer
+    assert set(results) == {"A", "B", "C", "D", "F", "G", "H"}  # an empty rawSql has no answer
     assert results["A"]["error"].startswith("db has no time column: time column is missing;")
     assert results["B"] == {"error": 'db query error: ERROR: relation "nowhere" does not exist (SQLSTATE 42P01)',
                             "errorSource": "downstream", "status": 500, "frames": [{"schema": {
@@ -224,6 +226,10 @@ async def test_errors_come_per_refid_with_the_executed_sql(client, database_url)
                                                        "executedQueryString": "SELECT * FROM nowhere"},
                                 "fields": []}, "data": {"values": []}}]}
     assert results["C"]["error"] == 'interpolation failed: unknown macro "__nope"'
+    assert results["C"]["frames"][0]["schema"]["meta"] == {"typeVersion": [0, 0]}  # Grafana loses the SQL there
+    assert results["G"]["error"] == "convert value to float failed: unsupported field type data.FieldType"
+    assert results["H"]["error"] == ("converting time columns failed: failed to convert time column: unable to "
+                                     "convert data to a time field")
     assert results["D"]["status"] == 200 and results["D"]["frames"][0]["data"]["values"] == [[1]]
     assert results["F"]["error"].startswith("failed to convert long to wide series when converting from dataframe: "
                                             "unable to process the data because it is not sorted")
