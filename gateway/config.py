@@ -60,6 +60,7 @@ class DataProxy(msgspec.Struct, frozen=True, kw_only=True):
     send_user_header: bool = False
     response_limit: int = 0
     user_agent: str = ""
+    row_limit: int = 1_000_000
 
 
 class Query(msgspec.Struct, frozen=True, kw_only=True):
@@ -146,6 +147,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("proxy_idle_read_timeout", "proxy_idle_write_timeout"):
             if getattr(self.gateway, name) <= 0:
                 raise ConfigError(f"invalid value for [gateway] {name}: must be more than 0")
+        if self.dataproxy.row_limit < 1:
+            raise ConfigError("invalid value for [dataproxy] row_limit: must be at least 1")
         if self.query.concurrent_query_limit < 1:
             raise ConfigError("invalid value for [query] concurrent_query_limit: must be at least 1")
         if self.query.max_queries < 1:
