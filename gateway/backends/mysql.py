@@ -1,11 +1,35 @@
-"""MySQL and MariaDB (`mysql`): a bounded asyncmy pool per data source whose sessions are read-only, and
-health as Grafana checks it (SELECT 1)."""
+"""MySQL and MariaDB (`mysql`): a bounded asyncmy pool per data source; every query runs alone (one statement,
+as Grafana's driver), in a READ ONLY transaction that is rolled back, under a statement time limit, its rows
+bounded by [dataproxy] row_limit; MySQL's macros (spec-query §13, Grafana's mysql macros.go); health as
+Grafana checks it (SELECT 1)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-from gateway.backends.base import Backend, Context, HealthResult, core_plugin
+from gateway.backends.base import Backend, Context, DataQuery, HealthResult, core_plugin
+from gateway.backends.sql import (
+    USER_FACING_DEFAULT_ERROR,
+    Column,
+    MacroEngine,
+    MacroError,
+    SqlError,
+    epoch_ns,
+    error_response,
+    interpolate_globals,
+    read_model,
+    row_limit_notice,
+    shape,
+)
+from gateway.frames import DataResponse, Notice
+from gateway.http.pool import UpstreamPoolClosed
+
+log = logging.getLogger("gateway.mysql")
 
 CONNECT_TIMEOUT = 10
 DEFAULT_MAX_OPEN_CONNS = 10  # Grafana's jsonData.maxOpenConns default for SQL data sources
@@ -66,6 +90,22 @@ class MySQL(Backend):
         """As many queries at once as the pool has connections."""
         return max_open_conns(ctx)
 
+    async def query(self, ctx: Context, queries: list[DataQuery]) -> dict[str, DataResponse]:
+        """Each query with a rawSql, concurrently, each under ctx.slot(); a query without one is left out."""
+        models = [(query, *read_model(query)) for query in queries]  # a refused model fails the whole call
+        runnable = [(query, raw_sql, fmt) for query, raw_sql, fmt in models if raw_sql]
+
+        async def one(query: DataQuery, raw_sql: str, fmt: str) -> DataResponse:
+            async with ctx.slot():
+                try:
+                    return await run_query(ctx, query, raw_sql, fmt)
+                except Exception:  # as Grafana's panic handler: this refId fails, the others still answer
+                    log.exception("query %s of data source %s failed", query.ref_id, ctx.ds.uid)
+                    return DataResponse(error=f"unexpected error - {USER_FACING_DEFAULT_ERROR}", error_source="plugin")
+
+        answers = await asyncio.gather(*(one(*item) for item in runnable))
+        return {query.ref_id: answer for (query, _, _), answer in zip(runnable, answers, strict=True)}
+
     async def check_health(self, ctx: Context, is_admin: bool) -> HealthResult:
         """SELECT 1 on the pool; admins see why it failed, others a summary."""
         try:
@@ -84,3 +124,177 @@ class MySQL(Backend):
 def _public(error: Exception) -> str:
     """A driver error's text without anything that could hold the password (asyncmy does not echo it)."""
     return str(error)[:300]
+
+
+# Grafana refuses queries that read the connection's identity (restrictedRegExp in its mysql macros.go)
+_RESTRICTED = re.compile(r"([\s]*show[\s]+grants|[\s,]session_user\([^)]*\)|[\s,]current_user(\([^)]*\))?|"
+                         r"[\s,]system_user\([^)]*\)|[\s,]user\([^)]*\))([\s,;]|$)", re.IGNORECASE | re.MULTILINE)
+
+
+class MySQLMacros(MacroEngine):
+    """MySQL's macros: times as FROM_UNIXTIME(seconds), groups with DIV."""
+
+    def __init__(self, query: DataQuery) -> None:
+        super().__init__(query.time_range, datetime.now(UTC))
+
+    def expand(self, sql: str) -> str:
+        """Refuse identity-reading queries as Grafana does, then expand the macros."""
+        if _RESTRICTED.search(sql):
+            raise MacroError(f"invalid query - {USER_FACING_DEFAULT_ERROR}")
+        return super().expand(sql)
+
+    def macro(self, name: str, args: list[str], sql: str, text: str) -> str:
+        """One macro's SQL."""
+        from_s, to_s = self.time_range.from_ms // 1000, self.time_range.to_ms // 1000
+        if name in ("__time", "__timeEpoch"):
+            return f"UNIX_TIMESTAMP({self.column(name, args)}) as time_sec"
+        if name == "__timeFilter":
+            column = self.column(name, args)
+            if from_s < 0:
+                start = f"DATE_ADD(FROM_UNIXTIME(0), INTERVAL {from_s} SECOND)"
+                return f"{column} BETWEEN {start} AND FROM_UNIXTIME({to_s})"
+            return f"{column} BETWEEN FROM_UNIXTIME({from_s}) AND FROM_UNIXTIME({to_s})"
+        if name == "__timeFrom":
+            return f"FROM_UNIXTIME({from_s})"
+        if name == "__timeTo":
+            return f"FROM_UNIXTIME({to_s})"
+        if name in ("__timeGroup", "__timeGroupAlias"):
+            if len(args) < 2:
+                raise MacroError(f"macro {name} needs time column and interval")
+            seconds = self.group(name, args)
+            whole = f"{seconds:.0f}"
+            return f"UNIX_TIMESTAMP({args[0]}) DIV {whole} * {whole}" + (' AS "time"' if name.endswith("Alias") else "")
+        if name in ("__unixEpochGroup", "__unixEpochGroupAlias"):
+            seconds = self.group(name, args)
+            step = f"{seconds:g}"
+            return f"{args[0]} DIV {step} * {step}" + (' AS "time"' if name.endswith("Alias") else "")
+        try:
+            return super().macro(name, args, sql, text)
+        except MacroError as error:
+            if str(error).startswith("unknown macro"):
+                raise MacroError(f"unknown macro {name}") from None  # MySQL's wording has no quotes
+            raise
+
+
+async def run_query(ctx: Context, query: DataQuery, raw_sql: str, fmt: str) -> DataResponse:
+    """One query: interpolate, run, shape; every failure is an error on its refId with the executed SQL."""
+    engine = MySQLMacros(query)
+    try:
+        executed = engine.expand(interpolate_globals(raw_sql, query))
+    except MacroError as error:
+        return error_response(SqlError("interpolation failed", str(error)), "")
+    row_limit = ctx.config.dataproxy.row_limit
+    try:
+        columns, notices = await execute(ctx, executed, row_limit)
+        return shape(columns, fmt, executed, notices, engine.fill, query.time_range, row_limit,
+                     time_columns=("time", "time_sec"))
+    except SqlError as error:
+        return error_response(error, executed)
+
+
+STATEMENT_SHARE = 0.9  # of the query timeout
+MULTI_STATEMENTS_OFF = b"\x01\x00"  # COM_SET_OPTION's MYSQL_OPTION_MULTI_STATEMENTS_OFF
+
+
+async def _one_statement_only(conn: Any) -> None:
+    """Switch multi-statements off for this connection (asyncmy always asks for them at connect): a query is
+    then exactly one statement, as with Grafana's driver, and `SELECT 1; COMMIT; ...` is a syntax error."""
+    from asyncmy.constants import COMMAND
+
+    await conn._execute_command(COMMAND.COM_SET_OPTION, MULTI_STATEMENTS_OFF)
+    packet = await conn.read_packet()
+    if not (packet.is_eof_packet() or packet.is_ok_packet()):
+        raise SqlError("db query error", "the server refused to run one statement at a time")
+
+
+async def execute(ctx: Context, sql: str, row_limit: int) -> tuple[list[Column], list[Notice]]:
+    """Run the one statement in a READ ONLY transaction (rolled back), with a time limit and at most
+    row_limit + 1 rows sent by the server."""
+    seconds = max(0.001, ctx.backend.query_timeout(ctx) * STATEMENT_SHARE)
+    try:
+        connections = await pool(ctx)
+        conn = await asyncio.wait_for(connections.acquire(), CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, UpstreamPoolClosed, ImportError) as error:
+        log.warning("data source %s: cannot connect: %s", ctx.ds.uid, type(error).__name__)
+        raise SqlError("db query error", f"failed to connect to server - {USER_FACING_DEFAULT_ERROR}") from None
+    except Exception as error:  # asyncmy's own connection errors (access denied, unknown database, ...)
+        log.warning("data source %s: cannot connect: %s", ctx.ds.uid, type(error).__name__)
+        raise SqlError("db query error", f"failed to connect to server - {USER_FACING_DEFAULT_ERROR}") from None
+    broken = False
+    try:
+        await _one_statement_only(conn)
+        async with conn.cursor() as cursor:
+            mariadb = "mariadb" in str(conn.get_server_info()).lower()
+            limit = f"max_statement_time = {seconds:.3f}" if mariadb else f"max_execution_time = {int(seconds * 1000)}"
+            # the server sends at most row_limit + 1 rows and stops the statement in time; times are UTC
+            await cursor.execute(f"SET SESSION sql_select_limit = {row_limit + 1}, SESSION {limit}, "
+                                 "SESSION time_zone = '+00:00'")
+            await cursor.execute("START TRANSACTION READ ONLY")
+            try:
+                await cursor.execute(sql)
+                description = cursor.description
+                rows = list(await cursor.fetchall()) if description else []
+            finally:
+                await cursor.execute("ROLLBACK")
+    except SqlError:
+        broken = True
+        raise
+    except Exception as error:  # the server's error for this statement, as the driver raises it
+        broken = not _is_server_error(error)
+        raise SqlError("db query error", _server_message(error)) from None
+    finally:
+        if broken:
+            conn.close()
+        connections.release(conn)
+    notices: list[Notice] = []
+    if len(rows) > row_limit:
+        del rows[row_limit:]
+        notices.append(row_limit_notice(row_limit))
+    return _columns(description or (), rows), notices
+
+
+def _is_server_error(error: Exception) -> bool:
+    """True for an error the server sent about the statement (a code of 1000 or more): the connection is fine."""
+    args = tuple(error.args)
+    return bool(args) and isinstance(args[0], int) and args[0] >= 1000
+
+
+def _server_message(error: Exception) -> str:
+    args = tuple(error.args)
+    if len(args) >= 2 and isinstance(args[0], int):
+        return f"Error {args[0]}: {args[1]}"
+    return f"failed to connect to server - {USER_FACING_DEFAULT_ERROR}"
+
+
+# MySQL column types (the protocol's field type codes) as Grafana's mysql converters read them
+_KINDS = {1: "int8", 2: "int16", 3: "int32", 9: "int32", 8: "int64", 13: "int64", 4: "float64", 5: "float64",
+          0: "float64", 246: "float64", 7: "time", 10: "time", 12: "time", 14: "time", 245: "json"}
+
+
+def _columns(description: Any, rows: list[Any]) -> list[Column]:
+    columns = []
+    for position, item in enumerate(description):
+        kind = _KINDS.get(item[1], "string")
+        values = [row[position] for row in rows]
+        columns.append(Column(item[0], kind, [None if value is None else _convert(kind, value) for value in values]))
+    return columns
+
+
+def _convert(kind: str, value: Any) -> Any:
+    if kind == "time":
+        return epoch_ns(value)
+    if kind == "float64":
+        return float(value)
+    if kind.startswith("int"):
+        return int(value)
+    if isinstance(value, bytes | bytearray):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, timedelta):  # TIME: as MySQL writes it, [-]H:MM:SS[.ffffff]
+        total = value.total_seconds()
+        sign, total = ("-" if total < 0 else ""), abs(total)
+        hours, rest = divmod(int(total), 3600)
+        text = f"{sign}{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+        return text + (f".{value.microseconds:06d}" if value.microseconds else "")
+    if isinstance(value, Decimal):
+        return str(value)
+    return str(value) if not isinstance(value, str) else value

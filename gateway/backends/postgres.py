@@ -22,6 +22,7 @@ from gateway.backends.sql import (
     MacroEngine,
     MacroError,
     SqlError,
+    epoch_ns,
     error_response,
     go_float,
     interpolate_globals,
@@ -283,18 +284,6 @@ def _append(columns: list[Column] | None, attributes: Any, rows: list[Any]) -> l
     return columns
 
 
-def _time(value: Any) -> int:
-    """Epoch nanoseconds of a timestamp (without a zone: UTC) or a date (midnight UTC)."""
-    if isinstance(value, datetime):
-        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-    elif isinstance(value, date):
-        moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
-    else:
-        raise SqlError("convert frame from rows error", f"cannot read {type(value).__name__} as a time")
-    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
-
-
 def _string(value: Any) -> str:
     """A value of a type Grafana reads as a string, as PostgreSQL writes it (the text codecs give most as is;
     arrays, composites and ranges arrive decoded and are written back in PostgreSQL's text form)."""
@@ -345,7 +334,7 @@ def _quoted(text: str, special: frozenset[str], null_word: bool) -> str:
 
 
 _CONVERT: dict[str, Callable[[Any], Any]] = {
-    "int16": int, "int32": int, "int64": int, "float64": float, "bool": bool, "time": _time, "json": str,
+    "int16": int, "int32": int, "int64": int, "float64": float, "bool": bool, "time": epoch_ns, "json": str,
     "string": _string,
 }
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -29,9 +29,9 @@ NS_PER_S = 1_000_000_000
 USER_FACING_DEFAULT_ERROR = "please inspect Grafana server log for details"
 
 # Go item kinds a column can hold, and the frame types they become
-_ITEM_TYPE = {"int16": "int16", "int32": "int32", "int64": "int64", "float64": "float64", "bool": "bool",
-              "time": "time.Time", "json": "json.RawMessage", "string": "string"}
-_INTS = frozenset({"int16", "int32", "int64"})
+_ITEM_TYPE = {"int8": "int8", "int16": "int16", "int32": "int32", "int64": "int64", "float64": "float64",
+              "bool": "bool", "time": "time.Time", "json": "json.RawMessage", "string": "string"}
+_INTS = frozenset({"int8", "int16", "int32", "int64"})
 
 
 class SqlError(Exception):
@@ -73,6 +73,18 @@ class Column:
             values = [None if value is None else msgspec.Raw(value.encode()) for value in values]
         return Field(self.name, _ITEM_TYPE[self.kind], values, nullable=self.nullable, labels=self.labels,
                      nanos=nanos)
+
+
+def epoch_ns(value: Any) -> int:
+    """Epoch nanoseconds of a timestamp (without a zone: UTC) or a date (midnight UTC)."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    else:
+        raise SqlError("convert frame from rows error", f"cannot read {type(value).__name__} as a time")
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
 # -- the query model --------------------------------------------------------------------------------------
@@ -490,13 +502,14 @@ def resample(columns: list[Column], fill: Fill, from_ns: int, to_ns: int, interv
 
 
 def shape(columns: list[Column], fmt: str, executed: str, notices: list[Notice], fill: Fill | None,
-          time_range: TimeRange, row_limit: int) -> DataResponse:
-    """Grafana's processFrame: the frame of one query's rows in `table` or `time_series` format."""
+          time_range: TimeRange, row_limit: int, time_columns: tuple[str, ...] = ("time",)) -> DataResponse:
+    """Grafana's processFrame: the frame of one query's rows in `table` or `time_series` format; the last
+    column named one of `time_columns` is the time (MySQL also takes the legacy `time_sec`)."""
     frame_meta = meta(executed_query_string=executed, notices=notices or None)
     if not columns or not columns[0].values:
         return DataResponse([Frame(meta=frame_meta)])  # no rows: a frame without fields
     names = [column.name for column in columns]
-    time_index = max((i for i, name in enumerate(names) if name == "time"), default=-1)
+    time_index = max((i for i, name in enumerate(names) if name in time_columns), default=-1)
     end_index = max((i for i, name in enumerate(names) if fmt == "table" and name.lower() == "timeend"), default=-1)
     metric_index = max((i for i, name in enumerate(names) if name == "metric"), default=-1)
     for index, label in ((time_index, "time"), (end_index, "timeend")):

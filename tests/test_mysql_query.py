@@ -1,0 +1,173 @@
+"""MySQL data sources queried through POST /api/ds/query against the real MariaDB on 127.0.0.1:3306."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncmy
+import pytest
+
+from gateway.backends.base import DataQuery
+from gateway.backends.mysql import MySQLMacros
+from gateway.backends.sql import MacroError
+from gateway.gtime import TimeRange
+from tests.conftest import ADMIN, make_config
+
+FROM_MS, TO_MS = 1_700_000_000_000, 1_700_000_600_000  # 2023-11-14T22:13:20Z + 10 minutes
+
+
+@pytest.fixture
+async def table() -> AsyncIterator[str]:
+    """A fresh table in MariaDB's `test` database: host, time, value rows over ten minutes."""
+    name = f"gw_{secrets.token_hex(4)}"
+    conn = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="", db="test")
+    async with conn.cursor() as cursor:
+        await cursor.execute(f"CREATE TABLE {name} (ts DATETIME(3), host VARCHAR(20), v DOUBLE, n INT, d DECIMAL(6,2),"
+                             f" t TIME, j JSON, tiny TINYINT)")
+        rows = [(f"2023-11-14 22:{13 + minute}:20", host, minute * 1.5 + (10 if host == "b" else 0), minute,
+                 "1.25", "01:02:03", '{"k": 1}', 7)
+                for minute in range(0, 10, 2) for host in ("a", "b")]
+        await cursor.executemany(f"INSERT INTO {name} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
+    await conn.commit()
+    try:
+        yield name
+    finally:
+        async with conn.cursor() as cursor:
+            await cursor.execute(f"DROP TABLE IF EXISTS {name}")
+        conn.close()
+
+
+async def add_mysql(client: Any, **extra: Any) -> None:
+    body = {"name": "my", "uid": "my", "type": "mysql", "access": "proxy", "url": "127.0.0.1:3306", "user": "root",
+            "database": "test", **extra}
+    response = await client.post("/api/datasources", json=body, headers=ADMIN)
+    assert response.status == 200, await response.text()
+
+
+async def query(client: Any, *queries: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    body = {"queries": [{"datasource": {"uid": "my"}, **q} for q in queries], "from": str(FROM_MS), "to": str(TO_MS)}
+    response = await client.post("/api/ds/query", json=body, headers=ADMIN)
+    return response.status, await response.json()
+
+
+async def count(table: str) -> int:
+    conn = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="", db="test")
+    async with conn.cursor() as cursor:
+        await cursor.execute(f"SELECT count(*) FROM {table}")
+        (total,) = await cursor.fetchone()
+    conn.close()
+    return int(total)
+
+
+async def test_time_series_long_to_wide_with_macros(client, table):
+    await add_mysql(client)
+    status, body = await query(client, {"refId": "A", "format": "time_series", "rawSql":
+        f"SELECT $__timeGroupAlias(ts, 2m), host, avg(v) AS v FROM {table} WHERE $__timeFilter(ts) "
+        f"GROUP BY 1, host ORDER BY 1"})
+    assert status == 200, body
+    frame = body["results"]["A"]["frames"][0]
+    assert frame["schema"]["meta"]["type"] == "timeseries-wide"
+    assert frame["schema"]["meta"]["executedQueryString"] == (
+        f"SELECT UNIX_TIMESTAMP(ts) DIV 120 * 120 AS \"time\", host, avg(v) AS v FROM {table} WHERE ts BETWEEN "
+        f"FROM_UNIXTIME(1700000000) AND FROM_UNIXTIME(1700000600) GROUP BY 1, host ORDER BY 1")
+    fields = frame["schema"]["fields"]
+    assert [(f["name"], f.get("labels")) for f in fields] == [("Time", None), ("v", {"host": "a"}),
+                                                              ("v", {"host": "b"})]
+    times, a, b = frame["data"]["values"]
+    assert times == [1_699_999_920_000 + 120_000 * k for k in range(5)]
+    assert a == [0.0, 3.0, 6.0, 9.0, 12.0] and b == [10.0, 13.0, 16.0, 19.0, 22.0]
+
+
+async def test_table_format_keeps_mysql_types(client, table):
+    await add_mysql(client)
+    status, body = await query(client, {"refId": "T", "format": "table", "rawSql":
+        f"SELECT ts AS time, host, n, d, t, j, tiny FROM {table} ORDER BY ts, host LIMIT 2"})
+    assert status == 200, body
+    frame = body["results"]["T"]["frames"][0]
+    types = [(f["name"], f["typeInfo"]["frame"]) for f in frame["schema"]["fields"]]
+    assert types == [("time", "time.Time"), ("host", "string"), ("n", "int32"), ("d", "float64"),
+                     ("t", "string"), ("j", "string"), ("tiny", "int8")]
+    assert all(f["typeInfo"]["nullable"] for f in frame["schema"]["fields"])
+    values = frame["data"]["values"]
+    assert values[0] == [1_700_000_000_000, 1_700_000_000_000] and values[1] == ["a", "b"]
+    assert values[3] == [1.25, 1.25] and values[4] == ["01:02:03", "01:02:03"] and values[6] == [7, 7]
+
+
+async def test_a_query_cannot_write_in_any_form(client, table):
+    await add_mysql(client)
+    before = await count(table)
+    attempts = [f"INSERT INTO {table} (host) VALUES ('x')", f"DELETE FROM {table}",
+                f"SELECT 1; DELETE FROM {table}", f"COMMIT; DELETE FROM {table}",
+                f"SET SESSION TRANSACTION READ WRITE; DELETE FROM {table}", f"DROP TABLE {table}"]
+    status, body = await query(client, *({"refId": f"W{n}", "format": "table", "rawSql": sql}
+                                         for n, sql in enumerate(attempts)))
+    assert status == 400
+    for n in range(len(attempts)):
+        assert body["results"][f"W{n}"]["error"].startswith("db query error: Error "), body["results"][f"W{n}"]
+    assert await count(table) == before
+    # the pool's connections still answer afterwards
+    status, body = await query(client, {"refId": "A", "format": "table",
+                                        "rawSql": f"SELECT count(*) AS c FROM {table}"})
+    assert status == 200 and body["results"]["A"]["frames"][0]["data"]["values"] == [[before]]
+
+
+async def test_identity_reading_queries_are_refused_as_grafana(client):
+    await add_mysql(client)
+    status, body = await query(client, {"refId": "A", "rawSql": "SELECT current_user()", "format": "table"})
+    assert status == 400
+    assert body["results"]["A"]["error"] == ("interpolation failed: invalid query - please inspect Grafana server "
+                                             "log for details")
+
+
+async def test_row_limit_and_statement_time_limit(aiohttp_client, database_url):
+    from gateway.app import create_app
+
+    client = await aiohttp_client(create_app(make_config(database_url, dataproxy={"row_limit": 3})))
+    await add_mysql(client, jsonData={"timeout": 1})
+    status, body = await query(client, {"refId": "A", "format": "table", "rawSql": "SELECT seq FROM seq_1_to_100"},
+                               {"refId": "B", "format": "table", "rawSql": "SELECT SLEEP(5) AS s"})
+    frame = body["results"]["A"]["frames"][0]
+    assert frame["data"]["values"] == [[1, 2, 3]]
+    assert frame["schema"]["meta"]["notices"] == [
+        {"severity": "warning", "text": "Results have been limited to 3 because the SQL row limit was reached"}]
+    assert status == 400 and "error" in body["results"]["B"]
+
+
+async def test_unreachable_server_never_shows_the_password(client):
+    await add_mysql(client, url="127.0.0.1:1", secureJsonData={"password": "pw-9f3x"})
+    status, body = await query(client, {"refId": "A", "rawSql": "SELECT 1"})
+    assert status == 400 and "pw-9f3x" not in str(body)
+    assert body["results"]["A"]["error"] == ("db query error: failed to connect to server - please inspect Grafana "
+                                             "server log for details")
+
+
+def _macros() -> MySQLMacros:
+    return MySQLMacros(DataQuery("A", "", 100, 1000, TimeRange(FROM_MS, TO_MS), {}))
+
+
+@pytest.mark.parametrize(("sql", "expanded"), [
+    ("$__time(ts)", "UNIX_TIMESTAMP(ts) as time_sec"),
+    ("$__timeEpoch(ts)", "UNIX_TIMESTAMP(ts) as time_sec"),
+    ("$__timeFilter(ts)", "ts BETWEEN FROM_UNIXTIME(1700000000) AND FROM_UNIXTIME(1700000600)"),
+    ("$__timeFrom() $__timeTo()", "FROM_UNIXTIME(1700000000) FROM_UNIXTIME(1700000600)"),
+    ("$__timeGroup(ts, '5m')", "UNIX_TIMESTAMP(ts) DIV 300 * 300"),
+    ("$__timeGroupAlias(ts, 1h)", 'UNIX_TIMESTAMP(ts) DIV 3600 * 3600 AS "time"'),
+    ("$__unixEpochFilter(e)", "e >= 1700000000 AND e <= 1700000600"),
+    ("$__unixEpochGroup(e, 90s)", "e DIV 90 * 90"),
+    ("$__unixEpochGroupAlias(e, 1.5s)", 'e DIV 1.5 * 1.5 AS "time"'),
+    ("$__unixEpochNanoFrom()", "1700000000000000000"),
+])
+def test_mysql_macros_expand_as_grafanas(sql, expanded):
+    assert _macros().expand(sql) == expanded
+
+
+@pytest.mark.parametrize(("sql", "message"), [
+    ("$__timeGroup(ts)", "macro __timeGroup needs time column and interval"),
+    ("$__nope(x)", "unknown macro __nope"),
+    ("$__timeGroup(ts, 1x)", "error parsing interval 1x"),
+])
+def test_mysql_macro_errors(sql, message):
+    with pytest.raises(MacroError, match=message):
+        _macros().expand(sql)
