@@ -270,14 +270,14 @@ def _lex(text: str) -> list[Token]:
                 if not inner or not all(_var_char(ch) or ch.isspace() for ch in inner):
                     raise BuildError("expr: incomplete variable" if not inner
                                      else "expr: unsupported variable character")
-                tokens.append(Token("var", inner, start))
+                tokens.append(Token("var", text[start:end + 1], start))
                 i = end + 1
                 continue
             while i < n and _var_char(text[i]):
                 i += 1
             if i == start + 1:
                 raise BuildError("expr: incomplete variable")
-            tokens.append(Token("var", text[start + 1:i], start))
+            tokens.append(Token("var", text[start:i], start))
         elif c in _SYMBOLS:
             while i < n and text[i] in _SYMBOLS:
                 i += 1
@@ -338,8 +338,8 @@ def _number(text: str) -> float:
         raise BuildError(f"expr: illegal number syntax: {text!r}") from None
 
 
-# AST nodes are tuples: ("num", value), ("var", name), ("unary", op, arg), ("binary", op, left, right),
-# ("func", name, args)
+# AST nodes are tuples: ("num", value, text), ("var", name, text), ("unary", op, arg), ("binary", op, left,
+# right), ("func", name, args)
 Node = tuple[Any, ...]
 _LEVELS: tuple[frozenset[str], ...] = (
     frozenset({"||"}), frozenset({"&&"}), frozenset({"==", "!=", ">", ">=", "<", "<="}), frozenset({"+", "-"}),
@@ -391,10 +391,11 @@ class _Parser:
                 raise BuildError("expr: unexpected token in input: F(), expected )")
             return node
         if token.kind == "num":
-            return ("num", _number(token.text))
+            return ("num", _number(token.text), token.text)
         if token.kind == "var":
-            self.names.append(token.text)
-            return ("var", token.text)
+            name = token.text[1:].removeprefix("{").removesuffix("}")
+            self.names.append(name)
+            return ("var", name, token.text)
         if token.kind == "func":
             return self.function(token.text, depth)
         raise BuildError(f"expr: unexpected {token.text or 'EOF'!r} in input: F()")
@@ -442,16 +443,19 @@ def _labels_of(value: Value) -> Labels:
     return value.labels if isinstance(value, Series | Number) else None
 
 
-def _union(a_values: list[Value], b_values: list[Value]) -> list[tuple[Labels, Value, Value]]:
-    """Pairs of values whose labels match exactly or as a subset (Grafana's union); one of each always pairs."""
+def _union(a_values: list[Value], b_values: list[Value]) -> tuple[list[tuple[Labels, Value, Value]], list[bool],
+                                                                   list[bool]]:
+    """Pairs of values whose labels match exactly or as a subset (Grafana's union), and which values of each
+    side were matched; one value on each side always pairs (and, as in Grafana, still counts as dropped)."""
+    a_matched, b_matched = [False] * len(a_values), [False] * len(b_values)
     if not a_values or not b_values:
-        return []
+        return [], a_matched, b_matched
     if (len(a_values) == 1 or len(b_values) == 1) and (isinstance(a_values[0], NoData)
                                                        or isinstance(b_values[0], NoData)):
-        return [(None, a_values[0], b_values[0])]
+        return [(None, a_values[0], b_values[0])], a_matched, b_matched
     pairs: list[tuple[Labels, Value, Value]] = []
-    for a in a_values:
-        for b in b_values:
+    for i, a in enumerate(a_values):
+        for j, b in enumerate(b_values):
             a_labels, b_labels = _labels_of(a), _labels_of(b)
             if (a_labels or {}) == (b_labels or {}) or not a_labels or not b_labels:
                 labels = b_labels if not a_labels else a_labels
@@ -464,9 +468,26 @@ def _union(a_values: list[Value], b_values: list[Value]) -> list[tuple[Labels, V
             else:
                 continue
             pairs.append((labels, a, b))
+            a_matched[i] = b_matched[j] = True
     if not pairs and len(a_values) == 1 and len(b_values) == 1:
         pairs.append((None, a_values[0], b_values[0]))
-    return pairs
+    return pairs, a_matched, b_matched
+
+
+def _text(node: Node) -> str:
+    """A tree as Grafana prints it in notices (parentheses are not kept)."""
+    kind = node[0]
+    if kind in ("num", "var"):
+        return str(node[2])
+    if kind == "unary":
+        return f"{node[1]}{_text(node[2])}"
+    if kind == "binary":
+        return f"{_text(node[2])} {node[1]} {_text(node[3])}"
+    return f"{node[1]}({', '.join(_text(arg) for arg in node[2])})"
+
+
+def _label_text(labels: Labels) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted((labels or {}).items()))
 
 
 def _series_scalar(ref_id: str, labels: Labels, op: str, series: Series, scalar: float | None,
@@ -522,11 +543,46 @@ def _each(ref_id: str, value: Value, f: Callable[[float | None], float | None]) 
 
 
 class _Math:
-    """One math command's evaluation over the results so far."""
+    """One math command's evaluation over the results so far, noting what unions dropped."""
 
     def __init__(self, ref_id: str, variables: Mapping[str, list[Value]]) -> None:
         self.ref_id = ref_id
         self.variables = variables
+        self.drops: dict[str, dict[str, list[Labels]]] = {}
+        self.dropped = 0
+
+    def run(self, tree: Node) -> list[Value]:
+        """The expression's values, the first carrying Grafana's warning when unions dropped some."""
+        out = self.walk(tree)
+        if self.dropped and out:
+            out[0].notices.append(Notice("warning", self.notice()))
+        return out
+
+    def notice(self) -> str:
+        parts = [f"{self.dropped} items dropped from union(s)"]
+        if self.drops:
+            parts.append(": ")
+            for count, (binary, sides) in enumerate(self.drops.items(), 1):
+                parts.append(f'["{binary}": ')
+                for side_count, (side, dropped) in enumerate(sides.items(), 1):
+                    items = []
+                    for labels in dropped[:5]:
+                        items.append("{" + _label_text(labels) + "}")
+                    more = f"...{len(dropped) - 5} more..." if len(dropped) > 5 else ""
+                    parts.append(f"({side}: {' '.join(items)}{more})" + (" " if side_count < len(sides) else ""))
+                # Grafana compares with the number of sides here, not of binary nodes; kept for equal text
+                parts.append("]" + (" " if count < len(sides) else ""))
+        return "".join(parts)
+
+    def note_drops(self, node: Node, values: list[Value], matched: list[bool], side: Node) -> None:
+        for value, hit in zip(values, matched, strict=True):
+            if hit:
+                continue
+            sides = self.drops.setdefault(_text(node), {})  # as Grafana: made even when only no data is left
+            if isinstance(value, NoData):
+                continue
+            self.dropped += 1
+            sides.setdefault(_text(side), []).append(_labels_of(value))
 
     def walk(self, node: Node) -> list[Value]:
         kind = node[0]
@@ -539,7 +595,11 @@ class _Math:
             return [_each(self.ref_id, v, lambda x: None if x is None else _unary(op, x)) for v in self.walk(node[2])]
         if kind == "binary":
             left, right = self.walk(node[2]), self.walk(node[3])
-            return [_pair(self.ref_id, node[1], labels, a, b) for labels, a, b in _union(left, right)]
+            pairs, left_matched, right_matched = _union(left, right)
+            if left and right:
+                self.note_drops(node, left, left_matched, node[2])
+                self.note_drops(node, right, right_matched, node[3])
+            return [_pair(self.ref_id, node[1], labels, a, b) for labels, a, b in pairs]
         name, args = node[1], node[2]
         if name in _CONSTANTS:
             return [Scalar(self.ref_id, _CONSTANTS[name])]
@@ -759,7 +819,7 @@ class MathCommand(NamedTuple):
         return self.names
 
     def run(self, variables: Mapping[str, list[Value]], time_range: TimeRange) -> list[Value]:
-        return _Math(self.ref_id, variables).walk(self.tree)
+        return _Math(self.ref_id, variables).run(self.tree)
 
 
 Command = MathCommand | Reduce | Resample | Threshold

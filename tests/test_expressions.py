@@ -125,8 +125,11 @@ async def test_two_unlabelled_series_of_two_data_sources_join_on_time(td):
     assert sorted(body["results"]) == ["A", "B", "C"]
     result = body["results"]["C"]
     assert values(result) == [0, 18, 87, 26, 0, -6]
-    # different __name__ labels do not match; one series on each side is joined anyway, without labels
+    # different __name__ labels do not match; one series on each side is joined anyway, without labels, and
+    # Grafana still reports both as dropped
     assert "labels" not in result["frames"][0]["schema"]["fields"][1]
+    assert result["frames"][0]["schema"]["meta"]["notices"] == [{"severity": "warning", "text": (
+        '2 items dropped from union(s): ["$A - $B": ($A: {__name__=A-series}) ($B: {__name__=B-series})] ')}]
 
 
 async def test_series_with_different_times_keep_only_the_common_times(td):
@@ -159,6 +162,20 @@ def test_series_join_on_equal_labels_and_on_label_subsets():
     assert _run({"A": a, "B": subset}, "$A * $B") == [({"dc": "x", "host": "a"}, [5, 10])]
     unmatched = _labelled(({"host": "z"}, [1, 1]), ({"host": "y"}, [1, 1]))
     assert _run({"A": a, "B": unmatched}, "$A + $B") == []
+
+
+def test_a_union_that_drops_series_says_so_on_the_first_result():
+    a = _labelled(({"host": "a"}, [1, 2]), ({"host": "b"}, [10, 20]), ({"host": "c"}, [0, 0]))
+    b = _labelled(({"host": "a"}, [5, 5]), ({"host": "b", "dc": "x"}, [1, 1]), ({"host": "d"}, [0, 0]))
+    pipeline = build([Query("A", {}, "prometheus"), Query("B", {}, "prometheus"),
+                      Query("C", {"type": "math", "expression": "($A + $B) * 2"}, None)], TimeRange(0, 10_000))
+    frames = pipeline.evaluate({"A": a, "B": b})["C"].frames or []
+    assert [frame.fields[1].values for frame in frames] == [[12, 14], [22, 42]]
+    assert frames[0].meta is not None and frames[0].meta.notices is not None
+    assert [notice.text for notice in frames[0].meta.notices] == [
+        # the trailing space is Grafana's (it counts the sides where it means the binary nodes)
+        '2 items dropped from union(s): ["$A + $B": ($A: {host=c}) ($B: {host=d})] ']
+    assert frames[1].meta is not None and not frames[1].meta.notices
 
 
 def test_numbers_broadcast_over_series_and_keep_the_series_labels():
