@@ -23,7 +23,8 @@ from gateway.frames import DataResponse, Field, Frame, FrameMeta, Notice, meta
 from gateway.gtime import TimeRange, parse_duration
 
 MAX_EXPRESSION_LENGTH = 4096  # characters of one math expression
-MAX_DEPTH = 64  # nesting of one math expression's tree
+MAX_DEPTH = 64  # nesting (parentheses, unary operators, function calls) of one math expression
+MAX_HEIGHT = 256  # height of one math expression's tree: evaluation recurses this deep
 MAX_RESAMPLED_POINTS = 1_000_000  # points one resample may produce per series
 DEFAULT_INTERVAL_MS = 64  # what Grafana's expression engine gives a data source query without intervalMs
 DEFAULT_MAX_DATA_POINTS = 5000
@@ -355,6 +356,8 @@ class _Parser:
         self.tokens = _lex(text)
         self.at = 0
         self.names: list[str] = []
+        self.heights: dict[int, int] = {}
+        self.keep: list[Node] = []
 
     def peek(self) -> Token:
         return self.tokens[self.at]
@@ -370,21 +373,32 @@ class _Parser:
             raise BuildError(f"expr: unexpected {self.peek().text!r} in root input")
         return node
 
+    def grown(self, node: Node, *children: Node) -> Node:
+        """`node`, refused when its tree is taller than MAX_HEIGHT (a long chain of operators is a tall tree)."""
+        height = 1 + max((self.heights.get(id(child), 1) for child in children), default=0)
+        if height > MAX_HEIGHT:
+            raise BuildError(f"expr: the expression has more than {MAX_HEIGHT} levels of operations")
+        self.heights[id(node)] = height
+        self.keep.append(node)  # ids stay unique while the parse holds every node
+        return node
+
     def level(self, index: int, depth: int) -> Node:
-        if depth > MAX_DEPTH:
-            raise BuildError(f"expr: the expression nests deeper than {MAX_DEPTH}")
         if index == len(_LEVELS):
             return self.factor(depth)
-        node = self.level(index + 1, depth + 1)
+        node = self.level(index + 1, depth)
         while self.peek().kind == "op" and self.peek().text in _LEVELS[index]:
             op = self.take().text
-            node = ("binary", op, node, self.level(index + 1, depth + 1))
+            right = self.level(index + 1, depth)
+            node = self.grown(("binary", op, node, right), node, right)
         return node
 
     def factor(self, depth: int) -> Node:
+        if depth > MAX_DEPTH:
+            raise BuildError(f"expr: the expression nests deeper than {MAX_DEPTH}")
         token = self.take()
         if token.kind == "op" and token.text in ("!", "-"):
-            return ("unary", token.text, self.factor(depth + 1))
+            arg = self.factor(depth + 1)
+            return self.grown(("unary", token.text, arg), arg)
         if token.kind == "(":
             node = self.level(0, depth + 1)
             if self.take().kind != ")":
@@ -397,7 +411,7 @@ class _Parser:
             self.names.append(name)
             return ("var", name, token.text)
         if token.kind == "func":
-            return self.function(token.text, depth)
+            return self.function(token.text, depth + 1)
         raise BuildError(f"expr: unexpected {token.text or 'EOF'!r} in input: F()")
 
     def function(self, name: str, depth: int) -> Node:
@@ -417,7 +431,7 @@ class _Parser:
         wanted = 0 if name in _CONSTANTS else 1
         if len(args) != wanted:
             raise BuildError(f"expr: parse: {'not enough' if len(args) < wanted else 'too many'} arguments for {name}")
-        return ("func", name, args)
+        return self.grown(("func", name, args), *args)
 
 
 def parse_math(text: str) -> tuple[Node, list[str]]:

@@ -371,6 +371,7 @@ async def test_no_data_flows_through_as_no_data(td):
     [expr("B", "math", expression="1 ## 2")],
     [expr("B", "math", expression="(" * 100 + "1" + ")" * 100)],
     [expr("B", "math", expression="1" + " + 1" * 2000)],
+    [expr("B", "math", expression="1" + " + 1" * 1000)],
     [expr("B", "math")],
     [expr("B", "math", expression=7)],
     [expr("B", "reduce", expression="A", reducer="avg")],
@@ -407,7 +408,10 @@ def test_the_parser_is_bounded_and_reports_its_reason():
     tree, names = parse_math("${A B} + $C_1 * -abs($A)")
     assert names == ["A B", "C_1", "A"]
     assert tree[0] == "binary" and tree[1] == "+"
+    assert parse_math("(" * 60 + "1" + ")" * 60)[0] == ("num", 1.0, "1")
+    assert parse_math(" + ".join(["1"] * 250))[0][0] == "binary"
     for text, reason in (("(" * 70 + "1" + ")" * 70, "nests deeper"), ("x" * 5000, "longer than"),
+                         (" + ".join(["1"] * 300), "more than 256 levels"), ("- " * 80 + "1", "nests deeper"),
                          ("$", "incomplete variable"), ("${A", "unterminated variable"), ("1 $", "incomplete"),
                          ("nope(1)", "non existent function nope"), ("1 2", "unexpected")):
         with pytest.raises(BuildError, match=reason):
