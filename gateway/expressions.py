@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 from gateway.backends.base import DataQuery
@@ -72,7 +73,7 @@ class Series:
 class Number:
     """A labelled single value."""
 
-    __slots__ = ("config", "labels", "name", "notices", "value")
+    __slots__ = ("config", "custom", "labels", "name", "notices", "value")
 
     def __init__(self, name: str, labels: Labels, value: float | None, config: dict[str, Any] | None = None) -> None:
         self.name = name
@@ -80,6 +81,7 @@ class Number:
         self.value = value
         self.config = config
         self.notices: list[Notice] = []
+        self.custom: list[dict[str, Any]] | None = None  # classic conditions: their matches
 
 
 class Scalar:
@@ -124,6 +126,8 @@ def _frame(value: Value) -> Frame:
                      name=value.frame_name, meta=meta("timeseries-multi", (0, 1), notices=notices))
     plain = FrameMeta(type_version=(0, 0), notices=notices) if notices else None
     if isinstance(value, Number):
+        if value.custom is not None:
+            plain = FrameMeta(type_version=(0, 0), custom=value.custom, notices=notices)
         return Frame([Field(value.name, "float64", [value.value], nullable=True, labels=value.labels,
                             config=value.config)], meta=plain)
     if isinstance(value, Scalar):
@@ -836,7 +840,136 @@ class MathCommand(NamedTuple):
         return _Math(self.ref_id, variables).run(self.tree)
 
 
-Command = MathCommand | Reduce | Resample | Threshold
+def _valid(values: Sequence[float | None]) -> list[float]:
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
+def _classic_diff(values: Sequence[float | None], f: Callable[[float, float], float]) -> float | None:
+    """newest - oldest of the valid points (one valid point at index 0 gives 0, none gives no value)."""
+    newest_at = next((i for i in range(len(values) - 1, -1, -1)
+                      if values[i] is not None and not math.isnan(values[i] or 0.0)), -1)
+    if newest_at < 0:
+        return None
+    if newest_at == 0:
+        return 0.0
+    newest = values[newest_at]
+    oldest = next(v for v in values if v is not None and not math.isnan(v))
+    assert newest is not None
+    return f(newest, oldest)
+
+
+def _classic_median(valid: list[float]) -> float:
+    valid.sort()
+    mid = len(valid) // 2
+    return valid[mid] if len(valid) % 2 else (valid[mid - 1] + valid[mid]) / 2
+
+
+# classic reducers skip null and NaN; no valid point is no value (count counts every point)
+_CLASSIC_REDUCERS: dict[str, Callable[[Sequence[float | None]], float | None]] = {
+    "avg": lambda v: _mean(_valid(v)) if _valid(v) else None,
+    "sum": lambda v: _sum(_valid(v)) if _valid(v) else None,
+    "min": lambda v: min(_valid(v)) if _valid(v) else None,
+    "max": lambda v: max(_valid(v)) if _valid(v) else None,
+    "count": lambda v: float(len(v)),
+    "last": lambda v: _valid(v)[-1] if _valid(v) else None,
+    "median": lambda v: _classic_median(_valid(v)) if _valid(v) else None,
+    "diff": lambda v: _classic_diff(v, lambda n, o: n - o),
+    "diff_abs": lambda v: _classic_diff(v, lambda n, o: abs(n - o)),
+    "percent_diff": lambda v: _classic_diff(v, lambda n, o: _div(n - o, abs(o)) * 100),
+    "percent_diff_abs": lambda v: _classic_diff(v, lambda n, o: abs(_div(n - o, o) * 100)),
+    "count_non_null": lambda v: float(len(_valid(v))) if _valid(v) else None,
+}
+
+
+def _classic_test(kind: str, params: tuple[float, ...], value: float | None) -> bool:
+    """A classic evaluator: no_value fires on no value; every other never fires on it."""
+    if kind == "no_value":
+        return value is None
+    if value is None:
+        return False
+    if len(params) == 1:
+        return _PREDICATES[kind][1](value, params)
+    low, high = params
+    if kind == "within_range":
+        return low < value < high or high < value < low
+    if kind == "outside_range":
+        return (high < value and low < value) or (high > value and low > value)
+    if kind == "within_range_included":
+        return low <= value <= high or high <= value <= low
+    return (high <= value and low <= value) or (high >= value and low >= value)
+
+
+def _go_float(value: float) -> str:
+    """strconv.FormatFloat(v, 'f', -1, 64): the shortest digits, never an exponent."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    text = format(Decimal(repr(value)), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+class _Condition(NamedTuple):
+    source: str
+    reducer: str
+    kind: str
+    params: tuple[float, ...]
+    operator: str
+
+
+class ClassicConditions(NamedTuple):
+    ref_id: str
+    conditions: tuple[_Condition, ...]
+
+    def needs(self) -> list[str]:
+        return [condition.source for condition in self.conditions]
+
+    def run(self, variables: Mapping[str, list[Value]], time_range: TimeRange) -> list[Value]:
+        firing = no_data = False
+        matches: list[dict[str, Any]] = []
+        for index, condition in enumerate(self.conditions):
+            cond_firing, cond_no_data = self.check(condition, variables[condition.source], matches)
+            if index == 0:
+                firing, no_data = cond_firing, cond_no_data
+            elif condition.operator == "or":
+                firing, no_data = firing or cond_firing, no_data or cond_no_data
+            else:
+                firing, no_data = firing and cond_firing, no_data and cond_no_data
+        result = Number("", None, None if no_data else (1.0 if firing else 0.0))
+        result.custom = matches
+        return [result]
+
+    @staticmethod
+    def check(condition: _Condition, values: list[Value], matches: list[dict[str, Any]]) -> tuple[bool, bool]:
+        if not values and condition.kind == "no_value":
+            matches.append({"value": "", "metric": "", "labels": None})
+            return True, False
+        firing = False
+        no_data = 0
+        for value in values:
+            if isinstance(value, NoData):
+                name, number, labels = "", None, None
+            elif isinstance(value, Number):
+                name, number, labels = value.name, value.value, value.labels
+            elif isinstance(value, Series):
+                name, labels = value.name, value.labels
+                number = _CLASSIC_REDUCERS[condition.reducer](value.values) if value.values else None
+            else:
+                raise ExecutionError(f"can only reduce type series, got type {_kind(value)}")
+            if _classic_test(condition.kind, condition.params, number):
+                firing = True
+                matches.append({"value": "" if number is None else _go_float(number), "metric": name,
+                                "labels": dict(labels) if labels is not None else None})
+            elif number is None:
+                no_data += 1
+        if no_data == len(values):
+            matches.append({"value": "", "metric": "NoData", "labels": None})
+        return firing, no_data == len(values)
+
+
+Command = MathCommand | Reduce | Resample | Threshold | ClassicConditions
 
 
 # -- reading command models ------------------------------------------------------------------------------------
@@ -893,8 +1026,44 @@ def command(ref_id: str, model: Mapping[str, Any]) -> Command:
     if kind == "sql":
         raise BuildError("sql expressions are disabled")
     if kind == "classic_conditions":
-        raise BuildError(f"expression command type 'classic_conditions' in expression '{ref_id}' not implemented")
+        return _classic(ref_id, model.get("conditions"))
     raise BuildError(f"invalid command type in expression '{ref_id}': '{kind}' is not a recognized expression type")
+
+
+def _classic(ref_id: str, raw: Any) -> ClassicConditions:
+    if raw is not None and not isinstance(raw, list):
+        raise BuildError("failed to unmarshal remarshaled classic condition body")
+    conditions: list[_Condition] = []
+    for number, item in enumerate(raw or [], 1):
+        if not isinstance(item, dict):
+            raise BuildError("failed to unmarshal remarshaled classic condition body")
+        parts = [item.get(key) or {} for key in ("operator", "query", "reducer", "evaluator")]
+        if not all(isinstance(part, dict) for part in parts):
+            raise BuildError("failed to unmarshal remarshaled classic condition body")
+        operator, query, reducer, evaluator = parts
+        op, sources, reduce_kind = operator.get("type") or "", query.get("params") or [], reducer.get("type") or ""
+        kind, params = evaluator.get("type") or "", evaluator.get("params") or []
+        if (not isinstance(op, str) or not isinstance(sources, list) or not all(isinstance(p, str) for p in sources)
+                or not isinstance(reduce_kind, str) or not isinstance(kind, str) or not isinstance(params, list)
+                or not all(_is_number(p) for p in params)):
+            raise BuildError("failed to unmarshal remarshaled classic condition body")
+        if number > 1 and op not in ("and", "or"):
+            raise BuildError(f"condition {number} operator must be `and` or `or`")
+        if not sources or not sources[0]:
+            raise BuildError(f"condition {number} is missing the query RefID argument")
+        if reduce_kind not in _CLASSIC_REDUCERS:
+            raise BuildError(f"invalid reducer '{reduce_kind}' in condition {number}")
+        if kind in ("gt", "lt", "eq", "ne", "gte", "lte"):
+            if not params:
+                raise BuildError(f"evaluator '{kind}' is missing the threshold parameter")
+            params = params[:1]
+        elif kind in ("within_range", "outside_range", "within_range_included", "outside_range_included"):
+            if len(params) != 2:
+                raise BuildError("ranged evaluator requires 2 parameters")
+        elif kind != "no_value":
+            raise BuildError(f"evaluator invalid evaluator type: {kind}")
+        conditions.append(_Condition(sources[0], reduce_kind, kind, tuple(float(p) for p in params), op))
+    return ClassicConditions(ref_id, tuple(conditions))
 
 
 def _reduce_mapper(ref_id: str, model: Mapping[str, Any]) -> _Mapper | None:
@@ -1174,6 +1343,13 @@ def build(queries: Sequence[Query], time_range: TimeRange) -> Pipeline:
                 raise BuildError(f"unable to find dependent node '{name}'")
             if index[name] == position:
                 raise BuildError(f"expression '{name}' cannot reference itself. Must be query or another expression")
+            needed = nodes[index[name]]
+            if isinstance(node.command, ClassicConditions) and needed.command is not None:
+                raise BuildError(f"only data source queries may be inputs to a classic condition, {name} is a "
+                                 "Expression")
+            if isinstance(needed.command, ClassicConditions):
+                raise BuildError(f"classic conditions may not be the input for other expressions, but {name} is "
+                                 f"the input for {node.ref_id}")
             after[index[name]].append(position)
             waiting[position] += 1
     ready = [position for position, count in enumerate(waiting) if count == 0]

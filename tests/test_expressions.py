@@ -308,6 +308,50 @@ async def test_threshold_keeps_null_and_works_on_numbers(td):
     assert values(body["results"]["D"]) == [1]
 
 
+# -- classic conditions -------------------------------------------------------------------------------------
+
+def _condition(ref_id: str, reducer: str, kind: str, params: list[float], operator: str = "and") -> dict[str, Any]:
+    return {"evaluator": {"params": params, "type": kind}, "operator": {"type": operator},
+            "query": {"params": [ref_id]}, "reducer": {"type": reducer}}
+
+
+async def test_a_classic_condition_answers_one_number_with_its_matches(td):
+    status, body = await ask(td, csv("A", VALUES),
+                             expr("B", "classic_conditions", conditions=[_condition("A", "avg", "gt", [20])]))
+    assert status == 200
+    assert body["results"]["B"] == {"status": 200, "frames": [{"schema": {
+        "refId": "B", "meta": {"typeVersion": [0, 0], "custom": [
+            {"value": "24.333333333333332", "metric": "A-series", "labels": {"__name__": "A-series"}}]},
+        "fields": [{"type": "number", "typeInfo": {"frame": "float64", "nullable": True}}]},
+        "data": {"values": [[1]]}}]}
+
+
+@pytest.mark.parametrize(("data", "conditions", "value", "matches"), [
+    (VALUES, [("avg", "gt", [100], "and"), ("max", "gt", [50], "or")], 1, ["90"]),
+    (VALUES, [("avg", "gt", [100], "and"), ("max", "gt", [50], "and")], 0, ["90"]),
+    (VALUES, [("diff", "lt", [0], "and")], 1, ["-1"]), (VALUES, [("percent_diff", "eq", [-100], "and")], 1, ["-100"]),
+    (VALUES, [("diff_abs", "within_range", [0, 2], "and")], 1, ["1"]),
+    (VALUES, [("percent_diff_abs", "outside_range_included", [0, 100], "and")], 1, ["100"]),
+    (VALUES, [("median", "eq", [12.5], "and")], 1, ["12.5"]), (VALUES, [("count", "gte", [6], "and")], 1, ["6"]),
+    (VALUES, [("last", "ne", [0], "and")], 0, []),
+    (VALUES, [("min", "within_range_included", [0, 0], "and")], 1, ["0"]),
+    ("null,4,null", [("count_non_null", "eq", [1], "and")], 1, ["1"]),
+    ("null,4,null", [("last", "eq", [4], "and")], 1, ["4"]),
+    ("null,4,null", [("sum", "outside_range", [5, 10], "and")], 1, ["4"]),
+    ("null,null", [("avg", "gt", [0], "and")], None, [""]),
+    ("null,null", [("avg", "no_value", [], "and")], 1, [""]),
+])
+async def test_classic_reducers_evaluators_and_operators(td, data, conditions, value, matches):
+    model = [_condition("A", reducer, kind, params, operator) for reducer, kind, params, operator in conditions]
+    status, body = await ask(td, csv("A", data), expr("B", "classic_conditions", conditions=model))
+    assert status == 200
+    assert values(body["results"]["B"]) == [value]
+    custom = body["results"]["B"]["frames"][0]["schema"]["meta"]["custom"]
+    assert [match["value"] for match in custom] == matches
+    if value is None:
+        assert custom == [{"value": "", "metric": "NoData", "labels": None}]
+
+
 # -- hide, execution errors, no data ----------------------------------------------------------------------------
 
 async def test_hidden_queries_run_but_are_not_answered(td):
@@ -386,7 +430,17 @@ async def test_no_data_flows_through_as_no_data(td):
     [expr("B", "threshold", expression="A", conditions=[{"evaluator": {"type": "above", "params": [1]}}])],
     [expr("B", "threshold", expression="A", conditions=[{"evaluator": {"type": "within_range", "params": [1]}}])],
     [expr("B", "sql", expression="SELECT 1")],
-    [expr("B", "classic_conditions", conditions=[])],
+    [expr("B", "classic_conditions", conditions=[_condition("C", "avg", "gt", [1])]),
+     expr("C", "math", expression="$A")],
+    [expr("B", "classic_conditions", conditions=[_condition("A", "avg", "gt", [1])]),
+     expr("C", "math", expression="$B")],
+    [expr("B", "classic_conditions", conditions=[_condition("A", "mean", "gt", [1])])],
+    [expr("B", "classic_conditions", conditions=[_condition("A", "avg", "above", [1])])],
+    [expr("B", "classic_conditions", conditions=[_condition("A", "avg", "within_range", [1])])],
+    [expr("B", "classic_conditions", conditions=[_condition("A", "avg", "gt", []), ])],
+    [expr("B", "classic_conditions", conditions=[_condition("A", "avg", "gt", [1]),
+                                                 _condition("A", "avg", "gt", [1], operator="xor")])],
+    [expr("B", "classic_conditions", conditions="A")],
     [expr("B", "math", expression="$A", hide="yes")],
     [{**csv("A", "1"), "intervalMs": "10"}, expr("B", "math", expression="$A")],
 ])
