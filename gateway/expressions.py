@@ -190,10 +190,7 @@ def _binary(op: str, a: float, b: float) -> float:
         return 0.0
     if math.isnan(a) or math.isnan(b):
         return _NAN
-    try:
-        return _BINARY[op](a, b)
-    except OverflowError:  # float + float never raises; kept for ** paths Python reports differently
-        return _INF
+    return _BINARY[op](a, b)  # Python float + - * overflow to ±Inf as Go's do; / % ** are guarded above
 
 
 def _unary(op: str, a: float) -> float:
@@ -242,6 +239,8 @@ FUNCTIONS = frozenset(_PER_FLOAT) | frozenset(_PER_NULLABLE) | frozenset(_CONSTA
 # -- the math language: lexer and recursive-descent parser ---------------------------------------------------
 
 class Token(NamedTuple):
+    """One lexeme of a math expression."""
+
     kind: str  # num, var, func, op, (, ), str, ",", eof
     text: str
     at: int
@@ -447,10 +446,6 @@ def parse_math(text: str) -> tuple[Node, list[str]]:
 
 
 # -- evaluating math -----------------------------------------------------------------------------------------
-
-def _labels_len(labels: Labels) -> int:
-    return len(labels) if labels else 0
-
 
 def _contains(big: Labels, small: Labels) -> bool:
     big = big or {}
@@ -700,15 +695,19 @@ class _Mapper(NamedTuple):
 
 
 class Reduce(NamedTuple):
+    """reduce: each series to one Number (Grafana's reducers; dropNN/replaceNN settings)."""
+
     ref_id: str
     source: str
     reducer: str
     mapper: _Mapper | None
 
     def needs(self) -> list[str]:
+        """The refIds this command reads."""
         return [self.source]
 
     def run(self, variables: Mapping[str, list[Value]], time_range: TimeRange) -> list[Value]:
+        """The command's values from the results so far; ExecutionError when it cannot run."""
         out: list[Value] = []
         reduce = REDUCERS[self.reducer]
         for index, value in enumerate(variables[self.source]):
@@ -739,6 +738,8 @@ class Reduce(NamedTuple):
 
 
 class Resample(NamedTuple):
+    """resample: each series onto points `window` apart from the range's start."""
+
     ref_id: str
     source: str
     window_ns: int
@@ -746,9 +747,11 @@ class Resample(NamedTuple):
     upsampler: str
 
     def needs(self) -> list[str]:
+        """The refIds this command reads."""
         return [self.source]
 
     def run(self, variables: Mapping[str, list[Value]], time_range: TimeRange) -> list[Value]:
+        """The command's values from the results so far; ExecutionError when it cannot run."""
         out: list[Value] = []
         for value in variables[self.source]:
             if isinstance(value, Series):
@@ -761,6 +764,7 @@ class Resample(NamedTuple):
         return out
 
     def resample(self, series: Series, start: int, end: int) -> Series:
+        """One series on the points start, start+window, ... <= end (each slot takes the points in (t-window, t])."""
         length = math.trunc((end - start) / self.window_ns) if self.window_ns > 0 else 0
         if length <= 0:
             raise ExecutionError("the series cannot be sampled further; the time range is shorter than the interval")
@@ -810,15 +814,19 @@ _PREDICATES: dict[str, tuple[int, Callable[[float, Sequence[float]], bool]]] = {
 
 
 class Threshold(NamedTuple):
+    """threshold: each value 1 or 0 by one evaluator (null stays null)."""
+
     ref_id: str
     source: str
     kind: str
     params: tuple[float, ...]
 
     def needs(self) -> list[str]:
+        """The refIds this command reads."""
         return [self.source]
 
     def run(self, variables: Mapping[str, list[Value]], time_range: TimeRange) -> list[Value]:
+        """The command's values from the results so far; ExecutionError when it cannot run."""
         test = _PREDICATES[self.kind][1]
         params = self.params
 
@@ -829,14 +837,18 @@ class Threshold(NamedTuple):
 
 
 class MathCommand(NamedTuple):
+    """math: an expression over the refIds it names."""
+
     ref_id: str
     tree: Node
     names: list[str]
 
     def needs(self) -> list[str]:
+        """The refIds this command reads."""
         return self.names
 
     def run(self, variables: Mapping[str, list[Value]], time_range: TimeRange) -> list[Value]:
+        """The command's values from the results so far; ExecutionError when it cannot run."""
         return _Math(self.ref_id, variables).run(self.tree)
 
 
@@ -920,13 +932,17 @@ class _Condition(NamedTuple):
 
 
 class ClassicConditions(NamedTuple):
+    """classic_conditions: reduce and evaluate each condition, combine them left to right into one Number."""
+
     ref_id: str
     conditions: tuple[_Condition, ...]
 
     def needs(self) -> list[str]:
+        """The refIds this command reads."""
         return [condition.source for condition in self.conditions]
 
     def run(self, variables: Mapping[str, list[Value]], time_range: TimeRange) -> list[Value]:
+        """The command's values from the results so far; ExecutionError when it cannot run."""
         firing = no_data = False
         matches: list[dict[str, Any]] = []
         for index, condition in enumerate(self.conditions):
@@ -943,6 +959,7 @@ class ClassicConditions(NamedTuple):
 
     @staticmethod
     def check(condition: _Condition, values: list[Value], matches: list[dict[str, Any]]) -> tuple[bool, bool]:
+        """(firing, no data) of one condition, its matches appended."""
         if not values and condition.kind == "no_value":
             matches.append({"value": "", "metric": "", "labels": None})
             return True, False
@@ -1237,7 +1254,9 @@ def _dataplane(frames: list[Frame]) -> list[Value]:
 
 # -- the pipeline ------------------------------------------------------------------------------------------------
 
-class Node_(NamedTuple):
+class PipelineNode(NamedTuple):
+    """One query of the pipeline: a data source query (its type) or a command."""
+
     ref_id: str
     ds_type: str | None  # None: a command
     command: Command | None
@@ -1271,7 +1290,7 @@ def _hidden(model: Mapping[str, Any], ref_id: str) -> bool:
 class Pipeline:
     """The nodes of one expression request in execution order: data source queries first, then commands."""
 
-    def __init__(self, nodes: list[Node_], time_range: TimeRange) -> None:
+    def __init__(self, nodes: list[PipelineNode], time_range: TimeRange) -> None:
         self.nodes = nodes
         self.time_range = time_range
 
@@ -1325,12 +1344,12 @@ class Query(NamedTuple):
 def build(queries: Sequence[Query], time_range: TimeRange) -> Pipeline:
     """The pipeline of an expression request, or BuildError (unknown type, bad model, unknown or self
     reference, cycle)."""
-    nodes: list[Node_] = []
+    nodes: list[PipelineNode] = []
     index: dict[str, int] = {}
     for position, query in enumerate(queries):
         hidden = _hidden(query.model, query.ref_id)
         cmd = command(query.ref_id, query.model) if query.ds_type is None else None
-        nodes.append(Node_(query.ref_id, query.ds_type, cmd, hidden))
+        nodes.append(PipelineNode(query.ref_id, query.ds_type, cmd, hidden))
         index[query.ref_id] = position
     # edges: a command after every node it needs; Kahn's algorithm, smallest request position first
     waiting = [0] * len(nodes)
