@@ -529,10 +529,10 @@ def _series_series(ref_id: str, labels: Labels, op: str, a: Series, b: Series) -
 
 
 def _pair(ref_id: str, op: str, labels: Labels, a: Value, b: Value) -> Value:
-    if isinstance(a, NoData):
-        return a
+    if isinstance(a, NoData):  # a new value: notices added to it must not reach the refId it came from
+        return NoData(a.frame)
     if isinstance(b, NoData):
-        return b
+        return NoData(b.frame)
     if isinstance(a, Series):
         if isinstance(b, Series):
             return _series_series(ref_id, labels, op, a, b)

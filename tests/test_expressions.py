@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import msgspec
 import pytest
 
 from gateway.expressions import BuildError, Query, build, parse_math
 from gateway.frames import DataResponse, Field, Frame, encode_json, meta
 from gateway.gtime import TimeRange
+from tests.conftest import ADMIN
 from tests.test_query import FROM, TO, add, csv, post
 
 T0 = int(FROM)
@@ -449,6 +451,15 @@ async def test_a_pipeline_that_cannot_be_built_is_grafanas_query_data_error(td, 
         queries = [csv("A", VALUES), *queries]
     status, body = await ask(td, *queries)
     assert (status, body) == (500, QUERY_DATA_ERROR)
+
+
+async def test_expression_answers_travel_as_messagepack_too(td):
+    queries = [csv("A", VALUES), expr("B", "reduce", expression="A", reducer="last"),
+               expr("C", "classic_conditions", conditions=[_condition("A", "max", "gt", [50])])]
+    body = {"queries": queries, "from": FROM, "to": TO}
+    plain = await (await post(td, body)).json()
+    response = await td.post("/api/ds/query", json=body, headers={**ADMIN, "Accept": "application/msgpack"})
+    assert response.status == 200 and msgspec.msgpack.decode(await response.read()) == plain
 
 
 async def test_request_errors_still_come_first(td):
