@@ -143,11 +143,11 @@ async def plan(body: MetricRequest, resolver: Resolver, config: Config, now: dat
         if ref_id in seen:
             raise DuplicateRefId()
         seen.add(ref_id)
-    if any(context is None for _, context in resolved):
+    sources = [(query, context) for query, context in resolved if context is not None]
+    if len(sources) < len(resolved):
         return _expression_plan(resolved, time_range)
     groups: dict[str, Group] = {}
-    for query, context in resolved:
-        assert context is not None
+    for query, context in sources:
         group = groups.get(context.ds.uid)
         if group is None:
             group = groups[context.ds.uid] = Group(context, [])
