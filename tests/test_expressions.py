@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.expressions import BuildError, Query, build, parse_math
+from gateway.expressions import BuildError, Query, build, convert, data_query, parse_math
 from gateway.frames import DataResponse, Field, Frame, encode_json, meta
 from gateway.gtime import TimeRange
 from tests.conftest import ADMIN
@@ -199,6 +199,38 @@ def test_converted_frames_keep_sub_millisecond_times():
     out = pipeline.evaluate({"A": answer})
     body = encode_json(out)
     assert b'"nanos":[[5,0],null]' in body and b'"values":[[1,2],[10.0,20.0]]' in body
+
+
+def test_frames_convert_as_grafanas_converter_reads_them():
+    wide = Frame([Field("t", "time.Time", [1, 2]), Field("a", "float64", [1.0, 2.0], labels={"x": "1"}),
+                  Field("b", "bool", [True, None], nullable=True)], name="named")
+    series = convert("prometheus", [wide])
+    assert [(s.name, s.labels, s.values) for s in series] == [
+        ("named", {"x": "1"}, [1.0, 2.0]), ("named", None, [1.0, None])]
+    multi = Frame([Field("t", "time.Time", [1]), Field("v", "int64", [7], labels={"a": "b"})], name="n",
+                  meta=meta("timeseries-multi", (0, 1)))
+    assert [(s.name, s.labels) for s in convert("prometheus", [multi])] == [("v", {"a": "b"})]
+    numbers = Frame([Field("v", "float64", [1.5, 2.5], labels={"k": "v"})], meta=meta("numeric-wide", (0, 1)))
+    assert [(n.labels, n.value) for n in convert("prometheus", [numbers])] == [
+        ({"k": "v"}, 1.5), ({"k": "v"}, 2.5)]
+    long = Frame([Field("t", "time.Time", [1]), Field("host", "string", ["a"]), Field("v", "int64", [1])])
+    with pytest.raises(ValueError, match="must be a wide series but got type long"):
+        convert("postgres", [long, long])
+    holes = Frame([Field("t", "time.Time", [1, None], nullable=True), Field("v", "int64", [1, 2])])
+    with pytest.raises(ValueError, match="null time stamps"):
+        convert("postgres", [holes])
+    with pytest.raises(ValueError, match="kind logs not supported"):
+        convert("loki", [Frame([Field("t", "time.Time", [1])], meta=meta("logs", (0, 1)))])
+
+
+def test_data_source_queries_get_the_expression_engines_defaults():
+    sent = data_query({"refId": "A"}, "A", "", TimeRange(0, 1))
+    assert (sent.interval_ms, sent.max_data_points) == (64, 5000)
+    sent = data_query({"intervalMs": 1500.7, "maxDataPoints": 10}, "A", "range", TimeRange(0, 1))
+    assert (sent.interval_ms, sent.max_data_points, sent.query_type) == (1500, 10, "range")
+    for bad in ("10", True, None):
+        with pytest.raises(BuildError, match="expected intervalMs to be an float64"):
+            data_query({"intervalMs": bad}, "A", "", TimeRange(0, 1))
 
 
 # -- reduce --------------------------------------------------------------------------------------------------
