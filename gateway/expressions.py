@@ -1178,7 +1178,9 @@ def _series(frame: Frame, time_index: int, value_index: int, rename: bool) -> Se
 
 def _numbers(frame: Frame) -> list[Value]:
     """A table of one number column and string columns: one Number per row, the strings as labels."""
-    numeric = next(i for i, f in enumerate(frame.fields) if f.item_type in _NUMERIC)
+    numeric = next((i for i, f in enumerate(frame.fields) if f.item_type in _NUMERIC), -1)
+    if numeric < 0:
+        raise ValueError("no numeric field found in a numeric frame")
     strings = [f for f in frame.fields if f.item_type == "string"]
     field = frame.fields[numeric]
     out: list[Value] = []
@@ -1204,22 +1206,24 @@ def convert(ds_type: str, frames: list[Frame] | None) -> list[Value]:
         other = sum(f.item_type not in _NUMERIC and f.item_type != "string" for f in first.fields)
         if kind == "not" and numeric == 1 and other == 0:
             return _numbers(first)
-    out: list[Value] = []
+    series: list[Series] = []
+    fields: list[Field] = []
     for frame in frames:
         kind, time_index, value_indices = _schema(frame)
         if kind != "wide":
             raise ValueError(f"input data must be a wide series but got type {kind} (input refid)")
-        out.extend(_series(frame, time_index, index, True) for index in value_indices)
-    if ds_type in _NAME_FIXED_TYPES and all(not s.labels for s in out if isinstance(s, Series)):
-        _name_series([s for s in out if isinstance(s, Series)])
-    return out
+        series.extend(_series(frame, time_index, index, True) for index in value_indices)
+        fields.extend(frame.fields[index] for index in value_indices)
+    if ds_type in _NAME_FIXED_TYPES and not any(s.labels for s in series):
+        _name_series(series, fields)
+    return list(series)
 
 
-def _name_series(series: list[Series]) -> None:
-    """Label unlabelled series `__name__` by the first of displayNameFromDS, displayName, name that is set and
-    unique for every one of them."""
+def _name_series(series: list[Series], fields: list[Field]) -> None:
+    """Label unlabelled series `__name__` by the first of their fields' displayNameFromDS, displayName and name
+    that is set and unique for every one of them."""
     for key in ("displayNameFromDS", "displayName", None):
-        names = [s.name if key is None else str((s.config or {}).get(key) or "") for s in series]
+        names = [f.name if key is None else str((f.config or {}).get(key) or "") for f in fields]
         if all(names) and len(set(names)) == len(names):
             for s, name in zip(series, names, strict=True):
                 s.labels = {NAME_LABEL: name}

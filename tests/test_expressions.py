@@ -219,6 +219,14 @@ def test_frames_convert_as_grafanas_converter_reads_them():
     holes = Frame([Field("t", "time.Time", [1, None], nullable=True), Field("v", "int64", [1, 2])])
     with pytest.raises(ValueError, match="null time stamps"):
         convert("postgres", [holes])
+    with pytest.raises(ValueError, match="no numeric field"):
+        convert("x", [Frame([Field("host", "string", ["a"])], meta=meta("numeric-long", (0, 1)))])
+    # TestData's unlabelled series are named by their fields (displayNameFromDS first), not by their frames
+    named = [Frame([Field("t", "time.Time", [1]), Field(f"f{n}", "int64", [n], config={"displayNameFromDS": f"d{n}"})],
+                   name="same") for n in (1, 2)]
+    assert [s.labels for s in convert("grafana-testdata-datasource", named)] == [
+        {"__name__": "d1"}, {"__name__": "d2"}]
+    assert [s.labels for s in convert("prometheus", named)] == [None, None]
     with pytest.raises(ValueError, match="kind logs not supported"):
         convert("loki", [Frame([Field("t", "time.Time", [1])], meta=meta("logs", (0, 1)))])
 
