@@ -359,6 +359,12 @@ class TooManyQueries(GatewayError):
         super().__init__(f"A request may hold at most {limit} queries ([query] max_queries)")
 
 
+class QueryDataError(GatewayError):
+    """An expression pipeline that cannot be built (Grafana logs the reason and answers this)."""
+
+    status, message, trace = 500, "Query data error", True
+
+
 class QueryFailed(GatewayError):
     """A data source call that failed as a whole, for reasons of gateway's own (logged)."""
 

@@ -4,6 +4,10 @@ groups concurrently under the request's and each data source's limits, and merge
 Grafana's order (spec-query §4.1): no queries -> every data source resolved (the first failure answers the
 request) -> duplicate refIds. A group that fails as a whole becomes an error on each of its refIds and
 never cancels or delays the others; a client that leaves cancels every group at once.
+
+When any query targets `__expr__` (or `-100`), every query goes through the expression pipeline
+(gateway.expressions): its data source queries run through the same groups, and the pipeline turns their
+answers into the refIds' results. A pipeline that cannot be built is Grafana's 500 "Query data error".
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ from gateway.errors import (
     NoQueriesFound,
     PluginNotRegistered,
     QueryAccessDenied,
+    QueryDataError,
     QueryFailed,
     TooManyQueries,
     UidInvalidPath,
     translate,
 )
+from gateway.expressions import BuildError, Pipeline, Query, build, data_query
 from gateway.frames import DataResponse
 from gateway.gtime import TimeRange, parse_range
 
@@ -112,38 +118,77 @@ class Resolver:
         return context
 
 
-async def plan(body: MetricRequest, resolver: Resolver, config: Config, now: datetime) -> list[Group]:
+class Plan(msgspec.Struct):
+    """What a request runs: its data source groups, and the expression pipeline over their answers when any
+    query is an expression."""
+
+    groups: list[Group]
+    pipeline: Pipeline | None = None
+
+
+async def plan(body: MetricRequest, resolver: Resolver, config: Config, now: datetime) -> Plan:
     """The request's queries grouped by data source, in Grafana's validation order."""
     if not body.queries:
         raise NoQueriesFound()
     if len(body.queries) > config.query.max_queries:
         raise TooManyQueries(config.query.max_queries)
     time_range = parse_range(body.from_, body.to, now)
-    groups: dict[str, Group] = {}
+    resolved: list[tuple[dict[str, Any], Context | None]] = []
     for query in body.queries:
         uid, ds_id = _reference(query)
-        if uid in EXPRESSION_UIDS:
-            raise GatewayError("Server-side expressions are not available yet", status=400)
-        context = await resolver.resolve(uid, ds_id)
-        data_query = _data_query(query, time_range)
+        resolved.append((query, None if uid in EXPRESSION_UIDS else await resolver.resolve(uid, ds_id)))
+    seen: set[str] = set()
+    for query, _ in resolved:
+        ref_id = _ref_id(query)
+        if ref_id in seen:
+            raise DuplicateRefId()
+        seen.add(ref_id)
+    sources = [(query, context) for query, context in resolved if context is not None]
+    if len(sources) < len(resolved):
+        return _expression_plan(resolved, time_range)
+    groups: dict[str, Group] = {}
+    for query, context in sources:
         group = groups.get(context.ds.uid)
         if group is None:
             group = groups[context.ds.uid] = Group(context, [])
-        group.queries.append(data_query)
-    seen: set[str] = set()
-    for group in groups.values():
-        for data_query in group.queries:
-            if data_query.ref_id in seen:
-                raise DuplicateRefId()
-            seen.add(data_query.ref_id)
-    return list(groups.values())
+        group.queries.append(_data_query(query, time_range))
+    return Plan(list(groups.values()))
+
+
+def _expression_plan(resolved: list[tuple[dict[str, Any], Context | None]], time_range: TimeRange) -> Plan:
+    """Grafana's expression path: every query a node; data source nodes grouped per data source."""
+    groups: dict[str, Group] = {}
+    nodes: list[Query] = []
+    try:
+        for query, context in resolved:
+            ref_id = _ref_id(query)
+            if context is None:
+                nodes.append(Query(ref_id, query, None))
+                continue
+            plugin = context.backend.plugin
+            nodes.append(Query(ref_id, query, plugin.id if plugin is not None else context.ds.type))
+            query_type = query.get("queryType")
+            sent = data_query(query, ref_id, query_type if isinstance(query_type, str) else "", time_range)
+            group = groups.get(context.ds.uid)
+            if group is None:
+                group = groups[context.ds.uid] = Group(context, [])
+            group.queries.append(sent)
+        pipeline = build(nodes, time_range)
+    except BuildError as error:
+        log.warning("expression request error: %.500s", error)  # Grafana logs the reason, the client sees none
+        raise QueryDataError() from None
+    return Plan(list(groups.values()), pipeline)
+
+
+def _ref_id(query: dict[str, Any]) -> str:
+    ref_id = query.get("refId")
+    return ref_id if isinstance(ref_id, str) and ref_id else "A"
 
 
 def _data_query(query: dict[str, Any], time_range: TimeRange) -> DataQuery:
-    ref_id = query.get("refId")
     query_type = query.get("queryType")
     return DataQuery(
-        ref_id=ref_id if isinstance(ref_id, str) and ref_id else "A",
+        ref_id=_ref_id(query),
         query_type=query_type if isinstance(query_type, str) else "",
         max_data_points=_int(query.get("maxDataPoints"), DEFAULT_MAX_DATA_POINTS),
         interval_ms=_int(query.get("intervalMs"), DEFAULT_INTERVAL_MS),
@@ -152,13 +197,16 @@ def _data_query(query: dict[str, Any], time_range: TimeRange) -> DataQuery:
     )
 
 
-async def execute(groups: list[Group], config: Config) -> dict[str, DataResponse]:
-    """Run every group concurrently (at most [query] concurrent_query_limit at once) and merge by refId."""
+async def execute(work: Plan, config: Config) -> dict[str, DataResponse]:
+    """Run every group concurrently (at most [query] concurrent_query_limit at once), merge by refId, and
+    evaluate the expression pipeline over the answers when there is one."""
     limit = asyncio.Semaphore(config.query.concurrent_query_limit)
-    answers = await asyncio.gather(*(_run(group, limit) for group in groups))
+    answers = await asyncio.gather(*(_run(group, limit) for group in work.groups))
     merged: dict[str, DataResponse] = {}
     for answer in answers:
         merged.update(answer)
+    if work.pipeline is not None:
+        return work.pipeline.evaluate(merged)
     return merged
 
 

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "gateway"
 # below the handlers: none of these may see a web.Request (STYLE.md)
 LOWER = ("gateway.datasources", "gateway.backends", "gateway.http", "gateway.crypto", "gateway.sql",
          "gateway.config", "gateway.errors", "gateway.binding", "gateway.db", "gateway.accounts",
-         "gateway.embedded", "gateway.frames", "gateway.query")
+         "gateway.embedded", "gateway.frames", "gateway.query", "gateway.expressions")
 
 
 def _modules() -> dict[str, Path]:
@@ -92,7 +92,7 @@ RANKS = (
      "gateway.db"),
     ("gateway.http.client",),
     ("gateway.backends", "gateway.datasources.store", "gateway.accounts"),
-    ("gateway.datasources.cache", "gateway.datasources.service"),
+    ("gateway.datasources.cache", "gateway.datasources.service", "gateway.expressions"),
     ("gateway.auth", "gateway.responses", "gateway.query"),
     ("gateway.api",),
     ("gateway.app",),

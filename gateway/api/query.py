@@ -26,8 +26,7 @@ async def query_metrics_v2(request: web.Request) -> web.StreamResponse:
     config = request.app[config_key]
     resolver = Resolver(identity.org_id, request.app[cache_key], request.app[store_key],
                         lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
-    groups = await plan(body, resolver, config, datetime.now(UTC))
-    results = await execute(groups, config)
+    results = await execute(await plan(body, resolver, config, datetime.now(UTC)), config)
     status = 200
     if failed(results):
         status = 207 if MULTI_STATUS_TOGGLE in config.feature_toggles.enable else 400
