@@ -38,6 +38,7 @@ lint: install
 
 bench: install
 	$(PY) bench/proxy.py
+	$(PY) bench/query.py
 
 clean:
 	rm -rf $(VENV) .venv-client .venv-schemathesis .pytest_cache .mypy_cache .ruff_cache

@@ -15,6 +15,7 @@ from gateway.api import plugins as plugins_api
 from gateway.api import proxy as proxy_api
 from gateway.api import query as query_api
 from gateway.api import system as system_api
+from gateway.api import tsdb as tsdb_api
 from gateway.auth import Authenticator, auth_middleware
 from gateway.config import Config
 from gateway.crypto import SecretBox
@@ -115,4 +116,5 @@ def create_app(config: Config) -> web.Application:
     accounts_api.add_routes(app)
     proxy_api.add_routes(app)
     query_api.add_routes(app)
+    tsdb_api.add_routes(app)
     return app

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "gateway"
 # below the handlers: none of these may see a web.Request (STYLE.md)
 LOWER = ("gateway.datasources", "gateway.backends", "gateway.http", "gateway.crypto", "gateway.sql",
          "gateway.config", "gateway.errors", "gateway.binding", "gateway.db", "gateway.accounts",
-         "gateway.embedded", "gateway.frames", "gateway.query", "gateway.expressions")
+         "gateway.embedded", "gateway.frames", "gateway.query", "gateway.expressions", "gateway.legacy")
 
 
 def _modules() -> dict[str, Path]:
@@ -93,7 +93,7 @@ RANKS = (
     ("gateway.http.client",),
     ("gateway.backends", "gateway.datasources.store", "gateway.accounts"),
     ("gateway.datasources.cache", "gateway.datasources.service", "gateway.expressions"),
-    ("gateway.auth", "gateway.responses", "gateway.query"),
+    ("gateway.auth", "gateway.responses", "gateway.query", "gateway.legacy"),
     ("gateway.api",),
     ("gateway.app",),
     ("gateway.__main__",),
