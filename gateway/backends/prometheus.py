@@ -9,6 +9,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 from urllib.parse import unquote, urlencode
 
@@ -509,6 +510,7 @@ class _Body(msgspec.Struct, rename="camel"):
 
 _decode_body = msgspec.json.Decoder(_Body, strict=False).decode
 _THOUSAND = 1000.0
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 def _times(seconds: Iterable[float]) -> list[int]:
@@ -575,10 +577,11 @@ def _series_frame(series: _Series, result_type: str) -> Frame:
         return _heatmap(series)
     pairs: Sequence[tuple[float, float]] = series.values if series.values is not None else \
         [series.value] if series.value is not None else ()
-    times, values = zip(*pairs, strict=True) if pairs else ((), ())
+    # itemgetter over the pairs, in C; zip(*pairs) would pass a million arguments
+    times, values = map(_FIRST, pairs), list(map(_SECOND, pairs))
     frame_type = "timeseries-multi" if result_type == "matrix" else "numeric-multi"
     return Frame([Field("Time", "time.Time", _times(times)),
-                  Field("Value", "float64", list(values), labels=series.metric)],
+                  Field("Value", "float64", values, labels=series.metric)],
                  meta=meta(frame_type, (0, 1), custom={"resultType": result_type}))
 
 
