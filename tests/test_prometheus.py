@@ -79,6 +79,15 @@ def test_sample_strings_the_fast_path_refuses_are_read_exactly():
     assert all(frame["schema"]["meta"]["notices"] == [{"severity": "warning", "text": "w"}] for frame in frames)
 
 
+def test_query_stats_go_to_the_first_frame():
+    stats = {"timings": {"evalTotalTime": 0.1}, "samples": {"totalQueryableSamples": 42}}
+    body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [], "stats": stats}})
+    frame = _wire(read_result(body.encode()))["frames"][0]["schema"]
+    assert frame["name"] == "Query statistics" and frame["fields"] == []
+    assert frame["meta"] == {"typeVersion": [0, 0], "custom": {"stats": stats},
+                             "stats": [{"displayName": "Total queryable samples", "value": 42}]}
+
+
 @pytest.mark.parametrize("body", [b"", b"<html>", b"[1]", b'{"data":{"resultType":"matrix","result":[{"values":1}]}}',
                                   b'{"data":{"resultType":"weird","result":[]}}', b'{"data":{"result":[]}}'])
 def test_bodies_that_are_not_prometheus_answers_are_a_502_not_a_crash(body):

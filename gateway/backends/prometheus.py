@@ -200,10 +200,6 @@ class Plan(msgspec.Struct, frozen=True):
     to_ms: int
 
 
-def _ms(text: str) -> float:
-    return parse_interval_string(text)
-
-
 def plan(query: DataQuery, settings: Settings) -> Plan:
     """Step, rate interval and variables as promlib's models.Parse computes them; ValueError for a bad model
     or interval."""
@@ -215,11 +211,11 @@ def plan(query: DataQuery, settings: Settings) -> Plan:
     if not prom.range and not prom.instant:
         prom.range = True
     interval = "" if prom.interval in ("0s", "") or prom.interval in _INTERVAL_VARIABLES else prom.interval
-    scrape_ms = _ms(settings.time_interval) if settings.time_interval else DEFAULT_SCRAPE_MS
+    scrape_ms = parse_interval_string(settings.time_interval) if settings.time_interval else DEFAULT_SCRAPE_MS
     if not interval and query.interval_ms != 0:
         min_ms = float(query.interval_ms)
     elif interval or settings.time_interval:
-        min_ms = _ms(interval or settings.time_interval)
+        min_ms = parse_interval_string(interval or settings.time_interval)
     else:
         min_ms = DEFAULT_SCRAPE_MS
     range_ms = query.time_range.duration_ms
@@ -235,8 +231,8 @@ def plan(query: DataQuery, settings: Settings) -> Plan:
         min_step = prom.interval
         if min_step in ("$__interval", "${__interval}"):
             min_step = go_duration_string(step)
-        min_step_ms = _ms(min_step) if min_step not in ("", "0s") and min_step not in _INTERVAL_VARIABLES \
-            else scrape_ms
+        usable = min_step not in ("", "0s") and min_step not in _INTERVAL_VARIABLES
+        min_step_ms = parse_interval_string(min_step) if usable else scrape_ms
         rate_ms = max(query.interval_ms + min_step_ms, 4 * min_step_ms)
     if step <= 0:
         raise ValueError("the step must be positive")
@@ -296,17 +292,12 @@ async def _run_query(ctx: Context, settings: Settings, query: DataQuery) -> Data
         if not text.startswith("error unmarshaling query"):
             text = f"invalid query: {text}"
         return DataResponse(error=text, status=400, error_source="downstream")
-    calls = []
-    if prepared.query.instant:
-        calls.append(_sub(ctx, settings, prepared, "instant"))
-    if prepared.query.range:
-        calls.append(_sub(ctx, settings, prepared, "range"))
-    if prepared.query.exemplar:
-        calls.append(_sub(ctx, settings, prepared, "exemplar"))
-    results = await asyncio.gather(*calls)
+    kinds = [kind for kind, wanted in (("instant", prepared.query.instant), ("range", prepared.query.range),
+                                       ("exemplar", prepared.query.exemplar)) if wanted]
+    results = await asyncio.gather(*(_sub(ctx, settings, prepared, kind) for kind in kinds))
     frames: list[Frame] = []
     error: DataResponse | None = None
-    for kind, result in zip(_kinds(prepared.query), results, strict=True):
+    for kind, result in zip(kinds, results, strict=True):
         if result.error is not None:
             if kind == "exemplar":
                 log.warning("exemplar query of data source %s failed: %s", ctx.ds.uid, result.error)
@@ -320,11 +311,6 @@ async def _run_query(ctx: Context, settings: Settings, query: DataQuery) -> Data
     if error is not None:
         return DataResponse(frames or None, error=error.error, status=error.status, error_source=error.error_source)
     return DataResponse(frames)
-
-
-def _kinds(query: PromQuery) -> list[str]:
-    return [kind for kind, wanted in (("instant", query.instant), ("range", query.range),
-                                      ("exemplar", query.exemplar)) if wanted]
 
 
 async def _sub(ctx: Context, settings: Settings, prepared: Plan, kind: str) -> DataResponse:
