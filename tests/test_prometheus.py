@@ -176,9 +176,11 @@ class Upstream:
         self.delay = delay
         self.calls: list[tuple[str, str, dict[str, str], dict[str, str]]] = []
         self.cancelled = 0
+        self.authorizations: list[str] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.authorizations.append(request.headers.get("Authorization", ""))
         self.calls.append((request.method, request.path, dict(parse_qsl(request.query_string)),
                            dict(parse_qsl(body.decode()))))
         try:
@@ -253,6 +255,26 @@ async def test_get_and_post_send_the_same_parameters_with_custom_ones_in_the_url
     assert first["meta"]["custom"] == {"calculatedMinStep": 10000, "resultType": "vector"}
     assert first["fields"][1]["name"] == "up" and first["fields"][1]["config"] == {"displayNameFromDS": 'up{job="j"}'}
     assert results["B"]["frames"][0]["schema"]["meta"]["executedQueryString"] == "Expr: sum(up)\nStep: 5s"
+
+
+async def test_queries_carry_the_data_sources_credentials_and_honour_its_whitelist(client, aiohttp_server,
+                                                                                  database_url, aiohttp_client):
+    upstream = Upstream(VECTOR)
+    url = await serve(aiohttp_server, upstream)
+    await add(client, "p", "prometheus", url=url, basicAuth=True, basicAuthUser="u",
+              secureJsonData={"basicAuthPassword": "pw"})
+    response = await post(client, {"queries": [prom_query("A", "p", "up", instant=True)], "from": FROM, "to": TO})
+    assert response.status == 200 and upstream.authorizations == ["Basic dTpwdw=="]
+
+    from gateway.app import create_app
+    from tests.conftest import make_config
+
+    fenced = await aiohttp_client(create_app(make_config(
+        database_url, security={"data_source_proxy_whitelist": ("elsewhere:9090",)})))
+    response = await post(fenced, {"queries": [prom_query("A", "p", "up")], "from": FROM, "to": TO})
+    result = (await response.json())["results"]["A"]
+    assert response.status == 400 and result["status"] == 403 and "whitelist" in result["error"].lower()
+    assert len(upstream.calls) == 1
 
 
 async def test_upstream_errors_are_answered_per_refid(client, aiohttp_server):

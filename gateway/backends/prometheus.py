@@ -26,7 +26,7 @@ from gateway.backends.base import (
     pass_through,
     refuse_unlisted_writes,
 )
-from gateway.errors import GatewayError, MethodNotAllowed, route_denied, translate
+from gateway.errors import GatewayError, MethodNotAllowed, UpstreamUnavailable, route_denied, translate
 from gateway.frames import DataResponse, Field, Frame, Notice, meta
 from gateway.gtime import format_interval, go_duration_string, parse_interval_string, round_interval
 from gateway.http.client import Answer, clean_path
@@ -326,8 +326,7 @@ async def _sub(ctx: Context, settings: Settings, prepared: Plan, kind: str) -> D
     try:
         answer = await _call(ctx, settings, path, params)
     except (UpstreamError, GatewayError) as failure:
-        known = failure if isinstance(failure, GatewayError) else translate(failure)
-        assert known is not None  # translate knows every UpstreamError
+        known = failure if isinstance(failure, GatewayError) else translate(failure) or UpstreamUnavailable()
         return DataResponse(error=known.message, status=known.status,
                             error_source="downstream" if known.status in (502, 504) else "")
     return respond(answer.status, answer.body, prepared)
