@@ -105,7 +105,7 @@ def test_a_million_point_matrix_converts_quickly():
     field = response.frames[0].fields[1]  # type: ignore[index]
     assert len(field.values) == 1_000_000 and field.values[-1] == 999_999.5
     assert response.frames[0].fields[0].values[-1] == (1700000000 + 999_999) * 1000  # type: ignore[index]
-    assert elapsed < 1.5, elapsed  # about 0.4 s here; zip(*pairs) alone took 0.5 s more
+    assert elapsed < 2.0, elapsed  # about 0.4 s; the exact per-value path would take ~3 s (bench/prometheus.py)
 
 
 # -- step, variables and legends -------------------------------------------------------------------------
