@@ -235,14 +235,15 @@ async def test_get_and_post_send_the_same_parameters_with_custom_ones_in_the_url
     url = await serve(aiohttp_server, upstream)
     await add(client, "post", "prometheus", url=url + "/prefix",
               jsonData={"queryTimeout": "20s", "customQueryParameters": "dedup=false&x=1"})
-    await add(client, "get", "prometheus", url=url, jsonData={"httpMethod": "GET", "timeInterval": "5s"})
+    await add(client, "get", "prometheus", url=url, jsonData={"httpMethod": "GET", "timeInterval": "5s",
+                                                              "queryStatsEnabled": True})
     queries = [prom_query("A", "post", "up", instant=True, range=True, intervalMs=10_000),
                prom_query("B", "get", "sum(up)", instant=True, intervalMs=0)]
     response = await post(client, {"queries": queries, "from": FROM, "to": TO})
     assert response.status == 200
     calls = sorted(upstream.calls, key=lambda call: call[1] + call[0])
     assert calls == [
-        ("GET", "/api/v1/query", {"query": "sum(up)", "time": "1700000050"}, {}),
+        ("GET", "/api/v1/query", {"query": "sum(up)", "stats": "all", "time": "1700000050"}, {}),
         ("POST", "/prefix/api/v1/query", {"dedup": "false", "x": "1"},
          {"query": "up", "time": "1700000050", "timeout": "20s"}),
         ("POST", "/prefix/api/v1/query_range", {"dedup": "false", "x": "1"},

@@ -151,13 +151,15 @@ class PromQuery(msgspec.Struct, rename="camel", kw_only=True):
 
 
 class Settings(msgspec.Struct, frozen=True):
-    """jsonData as the query path reads it: method, scrape interval, query timeout, extra URL parameters."""
+    """jsonData as the query path reads it: method, scrape interval, query timeout, extra URL parameters,
+    and whether to ask for query statistics."""
 
     method: str
     time_interval: str
     query_timeout: str
     timeout_seconds: float
     custom_parameters: str
+    stats: bool = False
 
     @classmethod
     def of(cls, ctx: Context) -> Settings:
@@ -174,7 +176,8 @@ class Settings(msgspec.Struct, frozen=True):
             seconds = 60.0
         custom = options.get("customQueryParameters")
         return cls(method, time_interval if isinstance(time_interval, str) else "", query_timeout,
-                   seconds if seconds > 0 else 60.0, custom.lstrip("?&") if isinstance(custom, str) else "")
+                   seconds if seconds > 0 else 60.0, custom.lstrip("?&") if isinstance(custom, str) else "",
+                   options.get("queryStatsEnabled") is True)
 
 
 # -- step and variables (spec-query §12.2) ----------------------------------------------------------------
@@ -273,6 +276,8 @@ async def _call(ctx: Context, settings: Settings, path: str, params: list[tuple[
     """One call with the configured method; form parameters sorted as Go's url.Values encodes them."""
     if settings.query_timeout:
         params.append(("timeout", settings.query_timeout))
+    if settings.stats and not path.endswith("exemplars"):
+        params.append(("stats", "all"))
     form = urlencode(sorted(params))
     limit = ctx.config.dataproxy.response_limit or _BODY_LIMIT
     async with ctx.slot():
