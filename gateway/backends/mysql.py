@@ -12,17 +12,18 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from gateway.backends.base import Backend, Context, DataQuery, HealthResult, core_plugin
+from gateway.backends.base import Context, DataQuery, HealthResult, core_plugin
 from gateway.backends.sql import (
     USER_FACING_DEFAULT_ERROR,
     Column,
     MacroEngine,
     MacroError,
+    SqlBackend,
     SqlError,
     epoch_ns,
     error_response,
     interpolate_globals,
-    read_model,
+    max_open_conns,
     row_limit_notice,
     shape,
 )
@@ -32,8 +33,6 @@ from gateway.http.pool import UpstreamPoolClosed
 log = logging.getLogger("gateway.mysql")
 
 CONNECT_TIMEOUT = 10
-DEFAULT_MAX_OPEN_CONNS = 10  # Grafana's jsonData.maxOpenConns default for SQL data sources
-MAX_OPEN_CONNS = 100  # per data source and worker, whatever jsonData asks
 IDLE_SECONDS = 60  # an idle connection to a data source is recycled after this
 
 
@@ -49,14 +48,6 @@ def connect_options(ctx: Context) -> dict[str, Any]:
         # every session refuses writes, whatever the user's grants allow
         "init_command": "SET SESSION TRANSACTION READ ONLY",
     }
-
-
-def max_open_conns(ctx: Context) -> int:
-    """jsonData.maxOpenConns when positive (at most MAX_OPEN_CONNS), else Grafana's default."""
-    value = ctx.ds.options.get("maxOpenConns")
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        return DEFAULT_MAX_OPEN_CONNS
-    return min(value, MAX_OPEN_CONNS)
 
 
 class _Pool:
@@ -82,29 +73,12 @@ async def pool(ctx: Context) -> Any:
     return wrapped.pool
 
 
-class MySQL(Backend):
+class MySQL(SqlBackend):
     plugin = core_plugin("mysql", "MySQL", "mysql_logo.svg")
-    served = True
 
-    def max_concurrency(self, ctx: Context) -> int:
-        """As many queries at once as the pool has connections."""
-        return max_open_conns(ctx)
-
-    async def query(self, ctx: Context, queries: list[DataQuery]) -> dict[str, DataResponse]:
-        """Each query with a rawSql, concurrently, each under ctx.slot(); a query without one is left out."""
-        models = [(query, *read_model(query)) for query in queries]  # a refused model fails the whole call
-        runnable = [(query, raw_sql, fmt) for query, raw_sql, fmt in models if raw_sql]
-
-        async def one(query: DataQuery, raw_sql: str, fmt: str) -> DataResponse:
-            async with ctx.slot():
-                try:
-                    return await run_query(ctx, query, raw_sql, fmt)
-                except Exception:  # as Grafana's panic handler: this refId fails, the others still answer
-                    log.exception("query %s of data source %s failed", query.ref_id, ctx.ds.uid)
-                    return DataResponse(error=f"unexpected error - {USER_FACING_DEFAULT_ERROR}", error_source="plugin")
-
-        answers = await asyncio.gather(*(one(*item) for item in runnable))
-        return {query.ref_id: answer for (query, _, _), answer in zip(runnable, answers, strict=True)}
+    async def run_query(self, ctx: Context, query: DataQuery, raw_sql: str, fmt: str) -> DataResponse:
+        """Interpolate, run and shape one query."""
+        return await run_query(ctx, query, raw_sql, fmt)
 
     async def check_health(self, ctx: Context, is_admin: bool) -> HealthResult:
         """SELECT 1 on the pool; admins see why it failed, others a summary."""

@@ -5,7 +5,6 @@ the rest of the query path is gateway.backends.sql, shared with the other SQL da
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import ssl
@@ -15,18 +14,19 @@ from typing import Any
 
 import asyncpg
 
-from gateway.backends.base import Backend, Context, DataQuery, HealthResult, core_plugin
+from gateway.backends.base import Context, DataQuery, HealthResult, core_plugin
 from gateway.backends.sql import (
     USER_FACING_DEFAULT_ERROR,
     Column,
     MacroEngine,
     MacroError,
+    SqlBackend,
     SqlError,
     epoch_ns,
     error_response,
     go_float,
     interpolate_globals,
-    read_model,
+    max_open_conns,
     rfc3339_nano,
     row_limit_notice,
     shape,
@@ -37,8 +37,6 @@ from gateway.http.pool import UpstreamPoolClosed
 log = logging.getLogger("gateway.postgres")
 
 CONNECT_TIMEOUT = 10.0
-DEFAULT_MAX_OPEN_CONNS = 10  # Grafana's jsonData.maxOpenConns default for SQL data sources
-MAX_OPEN_CONNS = 100  # per data source and worker, whatever jsonData asks (asyncpg allocates them up front)
 IDLE_SECONDS = 60.0  # an idle connection to a data source is closed after this
 
 
@@ -62,14 +60,6 @@ def connect_options(ctx: Context) -> dict[str, Any]:
     }
 
 
-def max_open_conns(ctx: Context) -> int:
-    """jsonData.maxOpenConns when positive (at most MAX_OPEN_CONNS), else Grafana's default."""
-    value = ctx.ds.options.get("maxOpenConns")
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        return DEFAULT_MAX_OPEN_CONNS
-    return min(value, MAX_OPEN_CONNS)
-
-
 async def pool(ctx: Context) -> Any:
     """The data source's asyncpg pool: connections opened on demand, at most maxOpenConns."""
     async def open_pool() -> Any:
@@ -81,9 +71,8 @@ async def pool(ctx: Context) -> Any:
     return await ctx.resource("postgres", open_pool)
 
 
-class Postgres(Backend):
+class Postgres(SqlBackend):
     plugin = core_plugin("grafana-postgresql-datasource", "PostgreSQL", "postgresql_logo.svg", "postgres")
-    served = True
 
     async def check_health(self, ctx: Context, is_admin: bool) -> HealthResult:
         """SELECT 1 on the pool; admins see why it failed (Grafana's detailed message), others a summary."""
@@ -100,25 +89,9 @@ class Postgres(Backend):
             return HealthResult(status="ERROR", message=detail if is_admin else "Database connection failed")
         return HealthResult(message="Database Connection OK", status="OK")
 
-    def max_concurrency(self, ctx: Context) -> int:
-        """As many queries at once as the pool has connections (jsonData.maxOpenConns)."""
-        return max_open_conns(ctx)
-
-    async def query(self, ctx: Context, queries: list[DataQuery]) -> dict[str, DataResponse]:
-        """Each query with a rawSql, concurrently, each under ctx.slot(); a query without one is left out."""
-        models = [(query, *read_model(query)) for query in queries]  # a refused model fails the whole call
-        runnable = [(query, raw_sql, fmt) for query, raw_sql, fmt in models if raw_sql]
-
-        async def one(query: DataQuery, raw_sql: str, fmt: str) -> DataResponse:
-            async with ctx.slot():
-                try:
-                    return await run_query(ctx, query, raw_sql, fmt)
-                except Exception:  # as Grafana's panic handler: this refId fails, the others still answer
-                    log.exception("query %s of data source %s failed", query.ref_id, ctx.ds.uid)
-                    return DataResponse(error=f"unexpected error - {USER_FACING_DEFAULT_ERROR}", error_source="plugin")
-
-        answers = await asyncio.gather(*(one(*item) for item in runnable))
-        return {query.ref_id: answer for (query, _, _), answer in zip(runnable, answers, strict=True)}
+    async def run_query(self, ctx: Context, query: DataQuery, raw_sql: str, fmt: str) -> DataResponse:
+        """Interpolate, run and shape one query."""
+        return await run_query(ctx, query, raw_sql, fmt)
 
 
 # types whose value is the text PostgreSQL writes (pgx reads every value as text, and these stay strings);

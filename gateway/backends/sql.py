@@ -9,7 +9,9 @@ until the frame is built. Error texts are Grafana's: `<prefix>: <reason>` per re
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import math
 import re
 from datetime import UTC, date, datetime
@@ -18,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.backends.base import DataQuery
+from gateway.backends.base import Backend, Context, DataQuery
 from gateway.errors import GatewayError
 from gateway.frames import DataResponse, Field, Frame, FrameMeta, Notice, meta
 from gateway.gtime import TimeRange, format_interval, parse_interval
@@ -27,6 +29,49 @@ NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
 # the text Grafana's SQL plugins put where a failure's details are only for the server log
 USER_FACING_DEFAULT_ERROR = "please inspect Grafana server log for details"
+DEFAULT_MAX_OPEN_CONNS = 10  # Grafana's jsonData.maxOpenConns default for SQL data sources
+MAX_OPEN_CONNS = 100  # per data source and worker, whatever jsonData asks (drivers allocate them up front)
+
+log = logging.getLogger("gateway.sql")
+
+
+def max_open_conns(ctx: Context) -> int:
+    """jsonData.maxOpenConns when positive (at most MAX_OPEN_CONNS), else Grafana's default."""
+    value = ctx.ds.options.get("maxOpenConns")
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        return DEFAULT_MAX_OPEN_CONNS
+    return min(value, MAX_OPEN_CONNS)
+
+
+class SqlBackend(Backend):
+    """A SQL data source: its queries run concurrently on its pool, at most maxOpenConns at once; the type
+    says how one query runs (`run_query`)."""
+
+    served = True
+
+    def max_concurrency(self, ctx: Context) -> int:
+        """As many queries at once as the pool has connections (jsonData.maxOpenConns)."""
+        return max_open_conns(ctx)
+
+    async def run_query(self, ctx: Context, query: DataQuery, raw_sql: str, fmt: str) -> DataResponse:
+        """One query with its rawSql and format."""
+        raise NotImplementedError
+
+    async def query(self, ctx: Context, queries: list[DataQuery]) -> dict[str, DataResponse]:
+        """Each query with a rawSql, concurrently, each under ctx.slot(); a query without one is left out."""
+        models = [(query, *read_model(query)) for query in queries]  # a refused model fails the whole call
+        runnable = [(query, raw_sql, fmt) for query, raw_sql, fmt in models if raw_sql]
+
+        async def one(query: DataQuery, raw_sql: str, fmt: str) -> DataResponse:
+            async with ctx.slot():
+                try:
+                    return await self.run_query(ctx, query, raw_sql, fmt)
+                except Exception:  # as Grafana's panic handler: this refId fails, the others still answer
+                    log.exception("query %s of data source %s failed", query.ref_id, ctx.ds.uid)
+                    return DataResponse(error=f"unexpected error - {USER_FACING_DEFAULT_ERROR}", error_source="plugin")
+
+        answers = await asyncio.gather(*(one(*item) for item in runnable))
+        return {query.ref_id: answer for (query, _, _), answer in zip(runnable, answers, strict=True)}
 
 # Go item kinds a column can hold, and the frame types they become
 _ITEM_TYPE = {"int8": "int8", "int16": "int16", "int32": "int32", "int64": "int64", "float64": "float64",
