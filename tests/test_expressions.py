@@ -515,3 +515,20 @@ def test_the_parser_is_bounded_and_reports_its_reason():
                          ("nope(1)", "non existent function nope"), ("1 2", "unexpected")):
         with pytest.raises(BuildError, match=reason):
             parse_math(text)
+
+
+@pytest.mark.parametrize(("reducer", "settings", "expected"), [
+    ("mean", {"mode": "dropNN"}, None), ("mean", {"mode": "replaceNN", "replaceWithValue": -1}, -1),
+    ("min", None, math.nan), ("count", None, 2),
+])
+def test_reducing_an_all_null_series(reducer, settings, expected):
+    # TestData cannot make an all-null numeric series (Grafana reads "null,null" as strings): built directly
+    from gateway.expressions import Series, command
+    from gateway.gtime import TimeRange
+
+    model = {"type": "reduce", "expression": "A", "reducer": reducer, **({"settings": settings} if settings else {})}
+    (number,) = command("B", model).run({"A": [Series("A", {}, [1, 2], [None, None])]}, TimeRange(0, 1))
+    if isinstance(expected, float) and math.isnan(expected):
+        assert number.value is not None and math.isnan(number.value)
+    else:
+        assert number.value == expected
