@@ -53,8 +53,7 @@ async def test_queries_fan_out_to_several_data_sources_and_keep_their_refids(cli
               "tables": None, "dataframes": None},
         "B": {"refId": "B", "series": [{"name": "first", "points": [[3, TIMES[0]], [4, TIMES[-1]]]}],
               "tables": None, "dataframes": None},
-        "C": {"refId": "C", "series": [], "tables": None, "dataframes": None},  # no input: an empty frame
-    }}
+    }}  # C, with no input, answers nothing, as Grafana's csv_metric_values
 
 
 async def test_frames_that_are_not_numeric_time_series_answer_tables(client):
