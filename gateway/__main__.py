@@ -267,7 +267,7 @@ def _note_signal(signum: int, frame: FrameType | None) -> None:
 async def _migrate(config: Config) -> None:
     """Apply migrations (and create the first data key) under the replicas' lock, then disconnect."""
     db, _ = await open_database(config)
-    await db.pool.close()
+    await db.close()
 
 
 async def _create_service_account(config: Config, args: argparse.Namespace) -> None:
@@ -282,7 +282,7 @@ async def _create_service_account(config: Config, args: argparse.Namespace) -> N
         _, _, token = await accounts.create_token(args.org_id, row["id"], args.token_name or args.name)
         print(token)
     finally:
-        await db.pool.close()
+        await db.close()
 
 
 async def _rotate_secret_key(config: Config, old_key: str) -> None:

@@ -53,7 +53,7 @@ async def open_database(config: Config) -> tuple[Database, SecretBox]:
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     except BaseException:
-        await pool.close()
+        await db.close()
         raise
     return db, box
 
@@ -70,7 +70,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await db.pool.close()
+        await db.close()
 
 
 async def _clients(app: web.Application) -> AsyncIterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,6 +13,8 @@ import msgspec
 
 from gateway.config import Database as DatabaseConfig
 from gateway.errors import DatabaseUnavailable, translate
+
+log = logging.getLogger("gateway")
 
 
 async def _init_connection(conn: Any) -> None:
@@ -28,6 +31,19 @@ async def create_pool(config: DatabaseConfig, url: str) -> Any:
         init=_init_connection, timeout=5, command_timeout=config.query_timeout,
         server_settings={"statement_timeout": str(int(config.query_timeout * 1000)), "application_name": "gateway"},
     )
+
+
+CLOSE_TIMEOUT = 10.0  # seconds a graceful close may wait for connections in use before they are cut
+
+
+async def close_pool(pool: Any, what: str) -> None:
+    """Close an asyncpg pool gracefully, or terminate it when a connection is still held after CLOSE_TIMEOUT
+    (asyncpg's close() waits for every connection in use, without a limit of its own)."""
+    try:
+        await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+    except TimeoutError:
+        log.warning("%s did not close within %gs: its connections are cut", what, CLOSE_TIMEOUT)
+        pool.terminate()
 
 
 class Database:
@@ -49,6 +65,10 @@ class Database:
             if known is None or known is error:
                 raise
             raise known from error
+
+    async def close(self) -> None:
+        """Close the pool (bounded: see close_pool)."""
+        await close_pool(self.pool, "the database pool")
 
     async def ping(self) -> bool:
         """True when Postgres answers SELECT 1 within two seconds."""

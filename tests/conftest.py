@@ -67,7 +67,7 @@ def database_url() -> Iterator[str]:
 
     async def migrate() -> None:
         db, _ = await open_database(make_config(url))
-        await db.pool.close()
+        await db.close()
 
     asyncio.run(migrate())
     yield url
@@ -142,7 +142,7 @@ async def make_token(config: Config) -> AsyncIterator[TokenFactory]:
         return {"Authorization": f"Bearer {token}"}
 
     yield factory
-    await db.pool.close()
+    await db.close()
 
 
 def prom(**overrides: Any) -> dict[str, Any]:

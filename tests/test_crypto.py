@@ -49,7 +49,7 @@ async def test_secrets_decrypt_after_restart_and_fail_with_another_secret_key(cl
             sealed = await conn.fetchval("SELECT secure_json_data FROM data_source")
         assert box.open_all(sealed) == {"password": SECRET}
     finally:
-        await db.pool.close()
+        await db.close()
     with pytest.raises(SecretKeyMismatch):
         await open_database(make_config(database_url, security={"secret_key": "another key"}))
 
@@ -74,7 +74,7 @@ async def test_rotate_secret_key_rewraps_data_keys_and_keeps_secrets(client, dat
             sealed = await conn.fetchval("SELECT secure_json_data FROM data_source")
         assert box.open_all(sealed) == {"password": SECRET}
     finally:
-        await db.pool.close()
+        await db.close()
     # and back, so the rest of the run keeps the default key
     back = _gateway(database_url, "secrets", "rotate", "--old-key", "new-key-123", secret_key=old)
     assert back.returncode == 0, back.stderr

@@ -44,7 +44,7 @@ async def test_replicas_starting_together_migrate_once(database_url):
     """Five app instances open the same (already migrated) database at once without errors."""
     results = await asyncio.gather(*[open_database(make_config(database_url)) for _ in range(5)])
     for db, _ in results:
-        await db.pool.close()
+        await db.close()
     conn = await asyncpg.connect(database_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM gateway_migration") == len(migrations())

@@ -135,7 +135,13 @@ class Context:
             try:
                 if not task.done():
                     task.cancel()
-                await (await task).close()
+                opened = await task
+                try:
+                    await asyncio.wait_for(opened.close(), 10)
+                except TimeoutError:  # a connection still held: cut them (asyncpg's close waits without limit)
+                    log.warning("closing %s of data source %s timed out", name, self.ds.uid)
+                    if hasattr(opened, "terminate"):
+                        opened.terminate()
             except (asyncio.CancelledError, Exception) as error:  # one failing close must not skip the rest
                 if not isinstance(error, asyncio.CancelledError):
                     log.warning("closing %s of data source %s failed: %s", name, self.ds.uid, type(error).__name__)

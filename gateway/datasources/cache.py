@@ -175,11 +175,16 @@ class DataSourceCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._listener is not None and not self._listener.is_closed():
-            await self._listener.close()
+            try:
+                await asyncio.wait_for(self._listener.close(), 5)
+            except (TimeoutError, OSError, asyncpg.InterfaceError):
+                self._listener.terminate()  # a graceful close must not hold up the shutdown
+        for loading in list(self._loading.values()):
+            loading.cancel()
         self._listening = False
         self.clear()
         for handle, context in list(self._retiring.values()):
             handle.cancel()
             self._close_now(context)
         if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+            await asyncio.wait(self._closing, timeout=15)
