@@ -40,7 +40,8 @@ async def close_pool(pool: Any, what: str) -> None:
     """Close an asyncpg pool gracefully, or terminate it when a connection is still held after CLOSE_TIMEOUT
     (asyncpg's close() waits for every connection in use, without a limit of its own)."""
     try:
-        await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await pool.close()
     except TimeoutError:
         log.warning("%s did not close within %gs: its connections are cut", what, CLOSE_TIMEOUT)
         pool.terminate()

@@ -137,7 +137,8 @@ class Context:
                     task.cancel()
                 opened = await task
                 try:
-                    await asyncio.wait_for(opened.close(), 10)
+                    async with asyncio.timeout(10):
+                        await opened.close()
                 except TimeoutError:  # a connection still held: cut them (asyncpg's close waits without limit)
                     log.warning("closing %s of data source %s timed out", name, self.ds.uid)
                     if hasattr(opened, "terminate"):

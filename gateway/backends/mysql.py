@@ -187,7 +187,8 @@ async def execute(ctx: Context, sql: str, row_limit: int) -> tuple[list[Column],
     seconds = max(0.001, ctx.backend.query_timeout(ctx) * STATEMENT_SHARE)
     try:
         connections = await pool(ctx)
-        conn = await asyncio.wait_for(connections.acquire(), CONNECT_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            conn = await connections.acquire()
     except (OSError, TimeoutError, UpstreamPoolClosed, ImportError) as error:
         log.warning("data source %s: cannot connect: %s", ctx.ds.uid, type(error).__name__)
         raise SqlError("db query error", f"failed to connect to server - {USER_FACING_DEFAULT_ERROR}") from None

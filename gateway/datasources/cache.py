@@ -9,7 +9,6 @@ never serve a stale password for longer than its reconnection takes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -49,6 +48,7 @@ class DataSourceCache:
         self._listening = False
         self._listener: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self._closing: set[asyncio.Task[None]] = set()
         self._retiring: dict[int, tuple[asyncio.TimerHandle, Context]] = {}
         self._loading: dict[Key, asyncio.Task[Context]] = {}
@@ -145,7 +145,7 @@ class DataSourceCache:
 
     async def _listen_forever(self, url: str) -> None:
         delay = 0.1
-        while True:
+        while not self._stopped:  # besides the cancellation, which an awaited library call may swallow
             if self._listener is None or self._listener.is_closed():
                 self._listening = False
                 try:
@@ -162,21 +162,24 @@ class DataSourceCache:
                 delay = 1.0
                 # a silent network loss does not close the socket: probe it
                 try:
-                    await asyncio.wait_for(self._listener.execute("SELECT 1"), 5)
+                    async with asyncio.timeout(5):
+                        await self._listener.execute("SELECT 1")
                 except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                     self._on_lost(self._listener)
                     self._listener.terminate()
             await asyncio.sleep(delay)
 
     async def stop(self) -> None:
-        """Stop listening and close every data source's clients."""
+        """Stop listening and close every data source's clients (each step bounded in time)."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # a cancellation that lands inside asyncio.wait_for can be lost (CPython 3.11): never wait forever
+            await asyncio.wait({self._task}, timeout=5)
         if self._listener is not None and not self._listener.is_closed():
             try:
-                await asyncio.wait_for(self._listener.close(), 5)
+                async with asyncio.timeout(5):
+                    await self._listener.close()
             except (TimeoutError, OSError, asyncpg.InterfaceError):
                 self._listener.terminate()  # a graceful close must not hold up the shutdown
         for loading in list(self._loading.values()):
