@@ -22,6 +22,7 @@ from gateway.backends.sql import (
     SqlError,
     epoch_ns,
     error_response,
+    host_port,
     interpolate_globals,
     max_open_conns,
     row_limit_notice,
@@ -39,11 +40,11 @@ IDLE_SECONDS = 60  # an idle connection to a data source is recycled after this
 def connect_options(ctx: Context) -> dict[str, Any]:
     """asyncmy connection keyword arguments from Grafana's fields (url is host[:port])."""
     ds = ctx.ds
-    host, _, port = ds.url.rpartition(":") if ds.url.count(":") == 1 else (ds.url, "", "")
+    host, port = host_port(ctx, 3306)
     return {
-        "host": host or "localhost", "port": int(port) if port.isdigit() else 3306,
+        "host": host, "port": port,
         "user": ds.user or "root", "password": ctx.secrets.get("password", ""),
-        "db": ds.database or str(ds.options.get("database", "")) or None,
+        "db": str(ds.options.get("database", "") or "") or ds.database or None,  # jsonData's first, as Grafana
         "connect_timeout": CONNECT_TIMEOUT, "autocommit": True, "charset": "utf8mb4",
         # every session refuses writes, whatever the user's grants allow
         "init_command": "SET SESSION TRANSACTION READ ONLY",

@@ -25,6 +25,7 @@ from gateway.backends.sql import (
     epoch_ns,
     error_response,
     go_float,
+    host_port,
     interpolate_globals,
     max_open_conns,
     rfc3339_nano,
@@ -43,7 +44,7 @@ IDLE_SECONDS = 60.0  # an idle connection to a data source is closed after this
 def connect_options(ctx: Context) -> dict[str, Any]:
     """asyncpg connection keyword arguments from Grafana's fields (url is host[:port], or a socket directory)."""
     ds = ctx.ds
-    host, _, port = ds.url.rpartition(":") if ds.url.count(":") == 1 else (ds.url, "", "")
+    host, port = host_port(ctx, 5432)
     mode = str(ds.options.get("sslmode", "require"))
     tls: object = False
     if mode in ("require", "verify-ca", "verify-full"):
@@ -53,7 +54,7 @@ def connect_options(ctx: Context) -> dict[str, Any]:
             context.verify_mode = ssl.CERT_NONE
         tls = context
     return {
-        "host": host or "localhost", "port": int(port) if port.isdigit() else 5432,
+        "host": host, "port": port,
         "database": str(ds.options.get("database", "") or "") or ds.database or None,  # jsonData's first, as Grafana
         "user": ds.user or None, "password": ctx.secrets.get("password"), "ssl": tls,
         "timeout": CONNECT_TIMEOUT,  # no command_timeout: a query is bounded by its statement_timeout and deadline

@@ -35,6 +35,13 @@ MAX_OPEN_CONNS = 100  # per data source and worker, whatever jsonData asks (driv
 log = logging.getLogger("gateway.sql")
 
 
+def host_port(ctx: Context, default_port: int) -> tuple[str, int]:
+    """The server of a SQL data source: its URL is `host[:port]` (no scheme), or a socket directory."""
+    url = ctx.ds.url
+    host, _, port = url.rpartition(":") if url.count(":") == 1 else (url, "", "")
+    return host or "localhost", int(port) if port.isdigit() else default_port
+
+
 def max_open_conns(ctx: Context) -> int:
     """jsonData.maxOpenConns when positive (at most MAX_OPEN_CONNS), else Grafana's default."""
     value = ctx.ds.options.get("maxOpenConns")
