@@ -365,6 +365,13 @@ class QueryDataError(GatewayError):
     status, message, trace = 500, "Query data error", True
 
 
+class QueryModelError(GatewayError):
+    """A query model a backend refuses as a whole call (SQL fill parameters, wrongly typed keys); the message
+    is Grafana's, made by the backend from the model."""
+
+    status = 400
+
+
 class QueryFailed(GatewayError):
     """A data source call that failed as a whole, for reasons of gateway's own (logged)."""
 

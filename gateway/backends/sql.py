@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from gateway.backends.base import Backend, Context, DataQuery
-from gateway.errors import GatewayError
+from gateway.errors import QueryModelError
 from gateway.frames import DataResponse, Field, Frame, FrameMeta, Notice, meta
 from gateway.gtime import TimeRange, format_interval, parse_interval
 
@@ -93,12 +93,6 @@ class SqlError(Exception):
         self.text = f"{prefix}: {reason}" if prefix else reason
         self.source = source
         super().__init__(self.text)
-
-
-class QueryModelError(GatewayError):
-    """A query model the SQL plugins refuse as a whole call (fill parameters, wrongly typed keys)."""
-
-    status = 400
 
 
 class Column:
