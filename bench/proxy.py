@@ -534,6 +534,14 @@ class StreamResult:
         return out
 
 
+def service_pids(services: list[Service]) -> list[int]:
+    """The processes of the started services and their children (whose CPU is not "foreign")."""
+    pids = []
+    for service in services:
+        pids += [service.proc.pid, *children(service.proc.pid)]
+    return pids
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
@@ -550,10 +558,7 @@ class Bench:
         self.foreign = ForeignCpu(self.service_pids)
 
     def service_pids(self) -> list[int]:
-        pids = []
-        for service in self.services:
-            pids += [service.proc.pid, *children(service.proc.pid)]
-        return pids
+        return service_pids(self.services)
 
     def wrk(self, path: str, file: str, threads: int, connections: int, seconds: float) -> WrkResult:
         lua = self.tmp / "report.lua"

@@ -63,7 +63,6 @@ from proxy import (  # noqa: E402
     _execute,
     _raise_interrupt,
     _with_database,
-    children,
     clean_env,
     database_server,
     ensure_tools,
@@ -74,6 +73,7 @@ from proxy import (  # noqa: E402
     port_open,
     redact,
     run,
+    service_pids,
     start,
     start_nginx,
     tail,
@@ -239,10 +239,7 @@ class Bench:
         self.foreign = ForeignCpu(self.service_pids)
 
     def service_pids(self) -> list[int]:
-        pids = []
-        for service in self.services:
-            pids += [service.proc.pid, *children(service.proc.pid)]
-        return pids
+        return service_pids(self.services)
 
     def add_prometheus(self, uid: str, url: str) -> None:
         body = json.dumps({"name": uid, "uid": uid, "type": "prometheus", "access": "proxy", "url": url,
