@@ -467,3 +467,14 @@ async def test_a_real_prometheus_reports_a_bad_expression_on_its_refid(client, r
     assert len(empty) == 1 and empty[0]["schema"]["fields"] == []
     assert empty[0]["schema"]["meta"]["executedQueryString"].startswith("Expr: no_such_metric\nStep: ")
     assert results["D"] == {"status": 200, "frames": []}  # an exemplar query adds no such frame, as promlib
+
+
+def test_forms_are_encoded_as_go_url_values():
+    from gateway.http.form import encode_form, query_escape
+
+    # Go: url.QueryEscape("a b+c/ü~_.-") == "a+b%2Bc%2F%C3%BC~_.-"
+    assert query_escape("a b+c/ü~_.-") == "a+b%2Bc%2F%C3%BC~_.-"
+    assert query_escape("rate(x[5m])") == "rate%28x%5B5m%5D%29"
+    assert encode_form([("step", "15"), ("query", "up"), ("end", "2"), ("start", "1")]) == \
+        "end=2&query=up&start=1&step=15"
+    assert encode_form([("b", "2"), ("a", "z"), ("a", "y")]) == "a=z&a=y&b=2"  # a key's values keep their order

@@ -86,7 +86,8 @@ def test_nothing_below_the_handlers_imports_aiohttp_web():
 # the data source models are leaves on purpose: the pool is a plain HTTP client that knows nothing of
 # gateway (errors.translate maps its exceptions), and the models are data shapes every layer speaks.
 RANKS = (
-    ("gateway.http.pool", "gateway.config", "gateway.sql", "gateway.embedded", "gateway.frames", "gateway.gtime"),
+    ("gateway.http.pool", "gateway.http.form", "gateway.config", "gateway.sql", "gateway.embedded",
+     "gateway.frames", "gateway.gtime"),
     ("gateway.errors",),
     ("gateway.datasources.models", "gateway.binding", "gateway.crypto", "gateway.keys", "gateway.http.headers",
      "gateway.db"),

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from itertools import repeat
 from operator import attrgetter, floordiv, mod
 from typing import Any
-from urllib.parse import urlencode
 
 import msgspec
 
@@ -34,6 +33,7 @@ from gateway.errors import GatewayError, MethodNotAllowed, go_quote, translate
 from gateway.frames import DataResponse, Field, Frame, Notice, meta
 from gateway.gtime import format_interval, go_duration_string, parse_interval_string
 from gateway.http.client import Answer
+from gateway.http.form import encode_form
 from gateway.http.pool import UpstreamError
 
 _OK = "Data source successfully connected."
@@ -143,7 +143,7 @@ class LokiQuery(msgspec.Struct, frozen=True):
         else:
             params.update(start=str(self.start_ns), end=str(self.end_ns), step=f"{self.step_ms}ms")
             path = "loki/api/v1/query_range"
-        return path, urlencode(sorted(params.items()))
+        return path, encode_form(params.items())
 
 
 def _go_div(numerator: int, denominator: int) -> int:

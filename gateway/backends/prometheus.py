@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import unquote
 
 import msgspec
 
@@ -30,6 +30,7 @@ from gateway.errors import GatewayError, MethodNotAllowed, UpstreamUnavailable, 
 from gateway.frames import DataResponse, Field, Frame, Notice, meta
 from gateway.gtime import format_interval, go_duration_string, parse_interval_string, round_interval
 from gateway.http.client import Answer, clean_path
+from gateway.http.form import encode_form
 from gateway.http.pool import UpstreamError
 
 log = logging.getLogger("gateway.prometheus")
@@ -97,6 +98,8 @@ class Prometheus(Backend):
     async def query(self, ctx: Context, queries: list[DataQuery]) -> dict[str, DataResponse]:
         """Every query at once (each HTTP call under ctx.slot()); each refId gets frames or its own error."""
         settings = Settings.of(ctx)
+        if len(queries) == 1:  # the common case: no task of its own
+            return {queries[0].ref_id: await _run_query(ctx, settings, queries[0])}
         answers = await asyncio.gather(*(_run_query(ctx, settings, query) for query in queries))
         return {query.ref_id: answer for query, answer in zip(queries, answers, strict=True)}
 
@@ -278,7 +281,7 @@ async def _call(ctx: Context, settings: Settings, path: str, params: list[tuple[
         params.append(("timeout", settings.query_timeout))
     if settings.stats and not path.endswith("exemplars"):
         params.append(("stats", "all"))
-    form = urlencode(sorted(params))
+    form = encode_form(params)
     limit = ctx.config.dataproxy.response_limit or _BODY_LIMIT
     async with ctx.slot():
         if settings.method == "GET":
@@ -299,7 +302,10 @@ async def _run_query(ctx: Context, settings: Settings, query: DataQuery) -> Data
         return DataResponse(error=text, status=400, error_source="downstream")
     kinds = [kind for kind, wanted in (("instant", prepared.query.instant), ("range", prepared.query.range),
                                        ("exemplar", prepared.query.exemplar)) if wanted]
-    results = await asyncio.gather(*(_sub(ctx, settings, prepared, kind) for kind in kinds))
+    if len(kinds) == 1:
+        results = [await _sub(ctx, settings, prepared, kinds[0])]
+    else:
+        results = await asyncio.gather(*(_sub(ctx, settings, prepared, kind) for kind in kinds))
     frames: list[Frame] = []
     error: DataResponse | None = None
     for kind, result in zip(kinds, results, strict=True):
