@@ -63,31 +63,43 @@ def bind(body: bytes, content_type: str | None, cls: type[T]) -> T:
 
     Keys match case-insensitively, the last duplicate wins, `null` means the zero value, unknown
     keys are ignored, and an empty body is an empty object. Types are strict: "3" is not an int.
+    Only the top level is read here: each value the Struct keeps is decoded once, into its own type
+    (a `msgspec.Raw` field keeps its JSON as it came).
     """
     if not body.strip():
-        raw: Any = {}
-    else:
-        media_type = (content_type or "").split(";", 1)[0].strip().lower()
-        if media_type != "application/json":
-            raise BadRequestData()
-        raw = decode_json(body)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
+        return _decode_object({}, cls)
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
         raise BadRequestData()
+    if _too_deep(body):
+        raise BadRequestData()
+    try:
+        top = _decode_top(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        raise BadRequestData() from None
     names = _wire_names(cls)  # type: ignore[arg-type]  # classes are hashable; mypy cannot see it for type[T]
-    fields: dict[str, Any] = {}
-    for key, value in raw.items():
+    fields: dict[str, msgspec.Raw] = {}
+    for key, value in (top or {}).items():
         name = names.get(key.lower())
         if name is None:
             continue
-        if value is None:
+        if value == _NULL:
             fields.pop(name, None)
         else:
             fields[name] = value
+    return _decode_object(fields, cls)
+
+
+_decode_top = msgspec.json.Decoder(dict[str, msgspec.Raw] | None).decode
+_NULL = msgspec.Raw(b"null")
+
+
+def _decode_object(fields: dict[str, msgspec.Raw], cls: type[T]) -> T:
+    """`cls` from the kept top-level values, each one's JSON spliced back under its wire name."""
+    parts = [msgspec.json.encode(name) + b":" + bytes(value) for name, value in fields.items()]
     try:
-        return msgspec.convert(fields, cls, strict=True)
-    except msgspec.ValidationError:
+        return msgspec.json.decode(b"{" + b",".join(parts) + b"}", type=cls, strict=True)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         raise BadRequestData() from None
 
 

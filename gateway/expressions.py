@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+import msgspec
+
 from gateway.backends.base import DataQuery
 from gateway.frames import DataResponse, Field, Frame, FrameMeta, Notice, meta
 from gateway.gtime import TimeRange, parse_duration
@@ -1267,7 +1269,8 @@ class PipelineNode(NamedTuple):
     hidden: bool
 
 
-def data_query(model: dict[str, Any], ref_id: str, query_type: str, time_range: TimeRange) -> DataQuery:
+def data_query(model: dict[str, Any], raw: msgspec.Raw, ref_id: str, query_type: str,
+               time_range: TimeRange) -> DataQuery:
     """A data source query as Grafana's expression engine sends it: intervalMs 64 and maxDataPoints 5000 unless
     the query gives numbers."""
     numbers = []
@@ -1280,7 +1283,7 @@ def data_query(model: dict[str, Any], ref_id: str, query_type: str, time_range: 
             raise BuildError(f"expected {key} to be an float64, got type {type(value).__name__} for refId {ref_id}")
         numbers.append(int(value))
     return DataQuery(ref_id=ref_id, query_type=query_type, max_data_points=numbers[1], interval_ms=numbers[0],
-                     time_range=time_range, model=model)
+                     time_range=time_range, model=raw)
 
 
 def _hidden(model: Mapping[str, Any], ref_id: str) -> bool:

@@ -25,6 +25,7 @@ from gateway.config import Config
 from gateway.datasources.cache import DataSourceCache
 from gateway.datasources.store import DataSourceStore
 from gateway.errors import (
+    BadRequestData,
     DataSourceNotFound,
     DataSourceNotFoundTraced,
     DuplicateRefId,
@@ -52,12 +53,36 @@ DEFAULT_INTERVAL_MS = 1000
 
 
 class MetricRequest(msgspec.Struct, kw_only=True):
-    """The body of POST /api/ds/query (Grafana's dtos.MetricRequest); each query stays a free JSON object."""
+    """The body of POST /api/ds/query (Grafana's dtos.MetricRequest); each query stays raw JSON, read here only
+    for the fields every query shares and decoded by its backend into the backend's own model."""
 
     from_: str = msgspec.field(default="", name="from")
     to: str = ""
-    queries: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    queries: list[msgspec.Raw] = msgspec.field(default_factory=list)
     debug: bool = False
+
+
+class QueryHead(msgspec.Struct, rename="camel"):
+    """The fields of a query that gateway reads itself, as loosely as Grafana's simplejson reads them (a value
+    of the wrong type is ignored, not refused); every other field stays in the raw model."""
+
+    ref_id: Any = None
+    datasource: Any = None
+    datasource_id: Any = None
+    query_type: Any = None
+    max_data_points: Any = None
+    interval_ms: Any = None
+
+
+_decode_head = msgspec.json.Decoder(QueryHead).decode
+
+
+def _head(raw: msgspec.Raw) -> QueryHead:
+    """A query's shared fields; a query that is not a JSON object is the request's bad data."""
+    try:
+        return _decode_head(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise BadRequestData() from None
 
 
 class Group(msgspec.Struct):
@@ -74,11 +99,11 @@ def _int(value: Any, default: int) -> int:
     return default
 
 
-def _reference(query: dict[str, Any]) -> tuple[str, int]:
+def _reference(head: QueryHead) -> tuple[str, int]:
     """(uid, datasourceId) of one query: `datasource.uid`, or `datasource` as a string (pre-8.3)."""
-    source = query.get("datasource")
+    source = head.datasource
     uid = source.get("uid") if isinstance(source, dict) else source
-    return uid if isinstance(uid, str) else "", _int(query.get("datasourceId"), 0)
+    return uid if isinstance(uid, str) else "", _int(head.datasource_id, 0)
 
 
 class Resolver:
@@ -133,42 +158,45 @@ async def plan(body: MetricRequest, resolver: Resolver, config: Config, now: dat
     if len(body.queries) > config.query.max_queries:
         raise TooManyQueries(config.query.max_queries)
     time_range = parse_range(body.from_, body.to, now)
-    resolved: list[tuple[dict[str, Any], Context | None]] = []
-    for query in body.queries:
-        uid, ds_id = _reference(query)
-        resolved.append((query, None if uid in EXPRESSION_UIDS else await resolver.resolve(uid, ds_id)))
+    heads = [_head(raw) for raw in body.queries]
+    resolved: list[tuple[QueryHead, msgspec.Raw, Context | None]] = []
+    for head, raw in zip(heads, body.queries, strict=True):
+        uid, ds_id = _reference(head)
+        resolved.append((head, raw, None if uid in EXPRESSION_UIDS else await resolver.resolve(uid, ds_id)))
     seen: set[str] = set()
-    for query, _ in resolved:
-        ref_id = _ref_id(query)
+    for head in heads:
+        ref_id = _ref_id(head)
         if ref_id in seen:
             raise DuplicateRefId()
         seen.add(ref_id)
-    sources = [(query, context) for query, context in resolved if context is not None]
+    sources = [(head, raw, context) for head, raw, context in resolved if context is not None]
     if len(sources) < len(resolved):
         return _expression_plan(resolved, time_range)
     groups: dict[str, Group] = {}
-    for query, context in sources:
+    for head, raw, context in sources:
         group = groups.get(context.ds.uid)
         if group is None:
             group = groups[context.ds.uid] = Group(context, [])
-        group.queries.append(_data_query(query, time_range))
+        group.queries.append(_data_query(head, raw, time_range))
     return Plan(list(groups.values()))
 
 
-def _expression_plan(resolved: list[tuple[dict[str, Any], Context | None]], time_range: TimeRange) -> Plan:
-    """Grafana's expression path: every query a node; data source nodes grouped per data source."""
+def _expression_plan(resolved: list[tuple[QueryHead, msgspec.Raw, Context | None]], time_range: TimeRange) -> Plan:
+    """Grafana's expression path: every query a node (its whole model read); data source nodes grouped per
+    data source."""
     groups: dict[str, Group] = {}
     nodes: list[Query] = []
     try:
-        for query, context in resolved:
-            ref_id = _ref_id(query)
+        for head, raw, context in resolved:
+            ref_id = _ref_id(head)
+            query = msgspec.json.decode(raw)
             if context is None:
                 nodes.append(Query(ref_id, query, None))
                 continue
             plugin = context.backend.plugin
             nodes.append(Query(ref_id, query, plugin.id if plugin is not None else context.ds.type))
             query_type = query.get("queryType")
-            sent = data_query(query, ref_id, query_type if isinstance(query_type, str) else "", time_range)
+            sent = data_query(query, raw, ref_id, query_type if isinstance(query_type, str) else "", time_range)
             group = groups.get(context.ds.uid)
             if group is None:
                 group = groups[context.ds.uid] = Group(context, [])
@@ -180,20 +208,20 @@ def _expression_plan(resolved: list[tuple[dict[str, Any], Context | None]], time
     return Plan(list(groups.values()), pipeline)
 
 
-def _ref_id(query: dict[str, Any]) -> str:
-    ref_id = query.get("refId")
+def _ref_id(head: QueryHead) -> str:
+    ref_id = head.ref_id
     return ref_id if isinstance(ref_id, str) and ref_id else "A"
 
 
-def _data_query(query: dict[str, Any], time_range: TimeRange) -> DataQuery:
-    query_type = query.get("queryType")
+def _data_query(head: QueryHead, raw: msgspec.Raw, time_range: TimeRange) -> DataQuery:
+    query_type = head.query_type
     return DataQuery(
-        ref_id=_ref_id(query),
+        ref_id=_ref_id(head),
         query_type=query_type if isinstance(query_type, str) else "",
-        max_data_points=_int(query.get("maxDataPoints"), DEFAULT_MAX_DATA_POINTS),
-        interval_ms=_int(query.get("intervalMs"), DEFAULT_INTERVAL_MS),
+        max_data_points=_int(head.max_data_points, DEFAULT_MAX_DATA_POINTS),
+        interval_ms=_int(head.interval_ms, DEFAULT_INTERVAL_MS),
         time_range=time_range,
-        model=query,
+        model=raw,
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from gateway.backends.base import DataQuery
 from gateway.expressions import BuildError, Query, build, convert, data_query, parse_math
 from gateway.frames import DataResponse, Field, Frame, encode_json, meta
 from gateway.gtime import TimeRange
@@ -231,14 +232,19 @@ def test_frames_convert_as_grafanas_converter_reads_them():
         convert("loki", [Frame([Field("t", "time.Time", [1])], meta=meta("logs", (0, 1)))])
 
 
+def _sent(model: dict[str, Any], query_type: str = "") -> DataQuery:
+    return data_query(model, msgspec.Raw(msgspec.json.encode(model)), "A", query_type, TimeRange(0, 1))
+
+
 def test_data_source_queries_get_the_expression_engines_defaults():
-    sent = data_query({"refId": "A"}, "A", "", TimeRange(0, 1))
+    sent = _sent({"refId": "A"})
     assert (sent.interval_ms, sent.max_data_points) == (64, 5000)
-    sent = data_query({"intervalMs": 1500.7, "maxDataPoints": 10}, "A", "range", TimeRange(0, 1))
+    assert msgspec.json.decode(sent.model) == {"refId": "A"}  # the model goes to the backend as it came
+    sent = _sent({"intervalMs": 1500.7, "maxDataPoints": 10}, "range")
     assert (sent.interval_ms, sent.max_data_points, sent.query_type) == (1500, 10, "range")
     for bad in ("10", True, None):
         with pytest.raises(BuildError, match="expected intervalMs to be an float64"):
-            data_query({"intervalMs": bad}, "A", "", TimeRange(0, 1))
+            _sent({"intervalMs": bad})
 
 
 # -- reduce --------------------------------------------------------------------------------------------------

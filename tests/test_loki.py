@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 
@@ -83,7 +84,8 @@ def test_labels_json_escapes_html_characters_as_go_does():
 
 def _data_query(model: dict[str, Any], ref_id: str = "A", interval_ms: int = 1000,
                 from_ms: int = FROM_MS, to_ms: int = TO_MS) -> DataQuery:
-    return DataQuery(ref_id, str(model.get("queryType") or ""), 100, interval_ms, TimeRange(from_ms, to_ms), model)
+    return DataQuery(ref_id, str(model.get("queryType") or ""), 100, interval_ms, TimeRange(from_ms, to_ms),
+                     msgspec.Raw(msgspec.json.encode(model)))
 
 
 def test_the_step_is_interval_times_resolution_or_range_over_11000_rounded_up_to_ms():

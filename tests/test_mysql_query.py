@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncmy
+import msgspec
 import pytest
 
 from gateway.backends.base import DataQuery
@@ -144,7 +145,7 @@ async def test_unreachable_server_never_shows_the_password(client):
 
 
 def _macros() -> MySQLMacros:
-    return MySQLMacros(DataQuery("A", "", 100, 1000, TimeRange(FROM_MS, TO_MS), {}))
+    return MySQLMacros(DataQuery("A", "", 100, 1000, TimeRange(FROM_MS, TO_MS), msgspec.Raw(b"{}")))
 
 
 @pytest.mark.parametrize(("sql", "expanded"), [

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import msgspec
 import pytest
 
 from gateway.app import SERVER_OPTIONS, create_app
@@ -141,7 +142,7 @@ RANGE = TimeRange(1703427322001, 1703429113000)
 
 def _query(**model: Any) -> DataQuery:
     return DataQuery(ref_id="A", query_type="", max_data_points=100, interval_ms=model.pop("interval_ms", 15000),
-                     time_range=RANGE, model=model)
+                     time_range=RANGE, model=msgspec.Raw(msgspec.json.encode(model)))
 
 
 @pytest.mark.parametrize(("sql", "expanded"), [

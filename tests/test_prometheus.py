@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+import msgspec
 import pytest
 from aiohttp import web
 
@@ -109,7 +110,8 @@ def test_a_million_point_matrix_converts_exactly():
 
 def _query(model: dict[str, Any], from_ms: int = 1_700_000_000_000, to_ms: int = 1_700_003_600_000,
            interval_ms: int = 15_000, max_data_points: int = 1500) -> DataQuery:
-    return DataQuery("A", "", max_data_points, interval_ms, TimeRange(from_ms, to_ms), model)
+    return DataQuery("A", "", max_data_points, interval_ms, TimeRange(from_ms, to_ms),
+                     msgspec.Raw(msgspec.json.encode(model)))
 
 
 SETTINGS = Settings("POST", "", "", 60.0, "")

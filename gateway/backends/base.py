@@ -58,14 +58,15 @@ class ResourceRequest(msgspec.Struct, frozen=True):
 
 
 class DataQuery(msgspec.Struct, frozen=True):
-    """One query as a backend receives it (SDK backend.DataQuery): Grafana's common fields and the whole model."""
+    """One query as a backend receives it (SDK backend.DataQuery): Grafana's common fields and the whole model
+    as the request sent it (JSON), which the backend decodes into its own model."""
 
     ref_id: str
     query_type: str
     max_data_points: int
     interval_ms: int
     time_range: TimeRange
-    model: dict[str, Any]
+    model: msgspec.Raw
 
 
 class NotImplementedByBackend(Exception):

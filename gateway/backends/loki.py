@@ -189,7 +189,7 @@ def interpolate(expr: str, interval_ms: int, range_ms: int, instant: bool, step_
 def parse_query(query: DataQuery) -> LokiQuery:
     """One DataQuery as Grafana's parseQuery reads it; a model Grafana refuses raises a 400 GatewayError."""
     try:
-        model = msgspec.convert(query.model, LokiQueryModel)
+        model = msgspec.json.decode(query.model, type=LokiQueryModel)
     except msgspec.ValidationError as error:
         raise GatewayError(f"failed to parse query model: {error}", status=400) from None
     resolution = model.resolution if model.resolution is not None and (

@@ -209,7 +209,7 @@ class Plan(msgspec.Struct, frozen=True):
 def plan(query: DataQuery, settings: Settings) -> Plan:
     """Step, rate interval and variables as promlib's models.Parse computes them; ValueError for a bad model
     or interval."""
-    model = {key: value for key, value in query.model.items() if value is not None}
+    model = {key: value for key, value in msgspec.json.decode(query.model).items() if value is not None}
     try:
         prom = msgspec.convert(model, PromQuery)
     except msgspec.ValidationError as error:

@@ -152,7 +152,7 @@ def _json_kind(value: Any) -> str:
 def read_model(query: DataQuery) -> tuple[str, str]:
     """(rawSql, format) of a query; format is `table` or `time_series` (anything else is time_series). Raises
     QueryModelError, as Grafana fails the whole call, for fill parameters sent from outside or wrong types."""
-    model = query.model
+    model = msgspec.json.decode(query.model)
     values: dict[str, Any] = {}
     for key, (kind, go_type) in _GO_TYPES.items():
         value = model.get(key)

@@ -95,7 +95,7 @@ class TestData(Backend):
 
 async def answer_query(query: DataQuery) -> DataResponse | None:
     """One query's answer; None leaves its refId out of the results."""
-    model = go_decode(Model, query.model)
+    model = go_decode(Model, msgspec.json.decode(query.model))
     handler = _HANDLERS.get(query.query_type) or _HANDLERS.get(model.scenario_id)
     if handler is None:
         return None
@@ -690,7 +690,7 @@ def state_values(moment_ns: int, field: str, states: list[str], period_ns: int) 
 async def usa(query: DataQuery, model: Model) -> DataResponse:
     """USA generated data in one of its modes: timeseries, timeseries-wide, values-as-fields,
     values-as-labeled-fields, else values-as-rows."""
-    spec = usa_query(query.model)
+    spec = usa_query(msgspec.json.decode(query.model))
     period = go_duration_ns(spec.period or "30m")
     fields = spec.fields or ["foo", "bar", "baz"]
     states = spec.states or list(STATES)
