@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.accounts import AccountStore
 from gateway.api import accounts as accounts_api
+from gateway.api import admin as admin_api
 from gateway.api import datasources as datasources_api
 from gateway.api import plugins as plugins_api
 from gateway.api import proxy as proxy_api
@@ -117,4 +118,5 @@ def create_app(config: Config) -> web.Application:
     proxy_api.add_routes(app)
     query_api.add_routes(app)
     tsdb_api.add_routes(app)
+    admin_api.add_routes(app)
     return app

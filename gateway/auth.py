@@ -270,11 +270,20 @@ async def queryable(request: web.Request, identity: Identity, reference: str,
 
 
 _PUBLIC = frozenset({"/api/health"})
+_BROWSER_PROMPT = {"WWW-Authenticate": 'Basic realm="gateway", charset="UTF-8"'}
 
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Require a signed-in caller on every /api route but the health probe."""
-    if request.path.startswith("/api/") and request.path not in _PUBLIC:
+    """Require a signed-in caller on every /api route but the health probe, and on the admin page (where a
+    401 asks the browser for a user and password)."""
+    path = request.path
+    if path.startswith("/api/") and path not in _PUBLIC:
         request[identity_key] = await request.app[authenticator_key].identify(request)
+    elif path == "/admin" or path.startswith("/admin/"):
+        try:
+            request[identity_key] = await request.app[authenticator_key].identify(request)
+        except Unauthorized as error:
+            error.headers = {**(error.headers or {}), **_BROWSER_PROMPT}
+            raise
     return await handler(request)

@@ -90,6 +90,7 @@ RANKS = (
      "gateway.frames", "gateway.gtime"),
     ("gateway.errors",),
     ("gateway.datasources.models", "gateway.binding", "gateway.crypto", "gateway.keys", "gateway.http.headers",
+     "gateway.chart",
      "gateway.db"),
     ("gateway.http.client",),
     ("gateway.backends", "gateway.datasources.store", "gateway.accounts"),
