@@ -82,8 +82,10 @@ def test_nothing_below_the_handlers_imports_aiohttp_web():
     assert offenders == {}
 
 
-# Ranks, low to high: a module imports only modules of a lower rank, or of its own package. The pool and
-# the data source models are leaves on purpose: the pool is a plain HTTP client that knows nothing of
+# Ranks, low to high: a module imports only modules of a lower rank, or of its own package (a package's
+# __init__ its submodules; a module of a nested package such as backends/testdata/ the enclosing package's
+# too); a prefix ranks a whole package, so gateway.expressions covers its submodules. The pool and the
+# data source models are leaves on purpose: the pool is a plain HTTP client that knows nothing of
 # gateway (errors.translate maps its exceptions), and the models are data shapes every layer speaks.
 RANKS = (
     ("gateway.http.pool", "gateway.http.form", "gateway.config", "gateway.sql", "gateway.embedded",
@@ -114,12 +116,13 @@ def test_imports_point_one_way():
     for name in MODULES:
         if name in ("gateway", "gateway.api", "gateway.backends", "gateway.datasources", "gateway.http"):
             continue  # empty package markers
-        package = name.rsplit(".", 1)[0]
+        package = name if MODULES[name].name == "__init__.py" else name.rsplit(".", 1)[0]
         for target in _internal(name):
             if target in ("gateway.api", "gateway.backends", "gateway.datasources", "gateway.http"):
                 continue
-            if package != "gateway" and target.rsplit(".", 1)[0] == package:
-                continue  # within a subpackage (backends.registry -> backends.prometheus)
+            home = target.rsplit(".", 1)[0]
+            if home != "gateway" and (package == home or package.startswith(home + ".")):
+                continue  # within a subpackage (backends.registry -> backends.prometheus, expressions -> .pipeline)
             if _rank(target) >= _rank(name):
                 wrong.append(f"{name} -> {target}")
     assert wrong == []
@@ -149,9 +152,12 @@ def test_the_import_graph_has_no_cycles():
 def test_the_structure_test_sees_the_layout():
     # guards the tests above against passing vacuously after a move
     for name in ("gateway.app", "gateway.errors", "gateway.http.client", "gateway.http.pool",
-                 "gateway.backends.base", "gateway.datasources.cache", "gateway.api.proxy"):
+                 "gateway.backends.base", "gateway.datasources.cache", "gateway.api.proxy",
+                 "gateway.expressions", "gateway.expressions.pipeline", "gateway.backends.testdata.walks"):
         assert name in MODULES
     assert "gateway.errors" in _internal("gateway.http.client")
+    assert "gateway.expressions.values" in _internal("gateway.expressions.pipeline")
+    assert "gateway.backends.base" in _internal("gateway.backends.testdata.walks")
 
 
 @pytest.mark.parametrize("chunk", range(4))
