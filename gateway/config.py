@@ -46,6 +46,7 @@ class DataSources(msgspec.Struct, frozen=True, kw_only=True):
 
 class Paths(msgspec.Struct, frozen=True, kw_only=True):
     data: str = "data"
+    provisioning: str = "conf/provisioning"
 
 
 class DataProxy(msgspec.Struct, frozen=True, kw_only=True):
