@@ -314,7 +314,7 @@ async def test_a_bad_file_names_file_entry_and_field_and_changes_nothing(start, 
     response = await client.post(RELOAD, headers=ADMIN)
     assert response.status == 400
     message = (await response.json())["message"]
-    assert message == f"Datasources config not applied: {bad}: {problem.replace("{file}", str(bad))}"
+    assert message == f"Datasources config not applied: {bad}: " + problem.replace("{file}", str(bad))
     assert "hunter2" not in message
     assert await db.fetch("SELECT * FROM data_source ORDER BY id") == rows_before
 
