@@ -63,6 +63,12 @@ async def wait_for_database(config: DatabaseConfig, url: str) -> None:
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, 2.0)
             continue
+        except asyncpg.PostgresError as error:  # it answered and said no: waiting will not change that
+            parts = urlsplit(url)
+            raise DatabaseUnreachable(
+                f"database {parts.hostname or 'localhost'}:{parts.port or 5432} refused the connection:"
+                f" {type(error).__name__}: {error}"
+            ) from None
         await conn.close()
         return
 

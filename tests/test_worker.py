@@ -199,3 +199,18 @@ async def test_workers_dying_in_a_loop_stop_the_server_instead_of_spinning(datab
         log = gateway.log.read_text()
         assert log.count("started worker") == RESTART_LIMIT
         assert f"{RESTART_LIMIT + 1} workers died within 30s: stopping the server" in log
+
+
+def test_a_database_that_answers_no_fails_the_start_at_once(database_url, tmp_path):
+    import os
+    import time
+
+    missing = database_url.rsplit("/", 1)[0] + "/gateway_no_such_database"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GF_")}
+    env.update({"GF_DATABASE_URL": missing, "GF_DATABASE_WAIT_TIMEOUT": "60", "GF_PATHS_DATA": str(tmp_path)})
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "gateway", "migrate"], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 1 and time.monotonic() - started < 15
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("gateway: database ") and "refused the connection: InvalidCatalogNameError" in last
