@@ -37,8 +37,6 @@ Step = ProvisionedDelete | ProvisionedDataSource
 
 # $$ (a literal $), ${VAR}, $VAR, and Grafana's $__env{VAR} / $__file{path} macros
 _EXPAND = re.compile(r"\$(?:(\$)|__(env|file)\{([^}]*)\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-_STRING_FIELDS = ("name", "type", "access", "url", "user", "database", "basicAuthUser", "uid", "apiVersion")
-_BOOL_FIELDS = ("basicAuth", "withCredentials", "isDefault", "editable")
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0", ""}
 
 
@@ -183,9 +181,10 @@ def _validate(entry: _Entry, cmd: AddDataSourceCommand) -> None:
         raise entry.fail("name", f"longer than {MAX_NAME_BYTES} bytes")
     if len(cmd.url.encode()) > MAX_URL_BYTES:
         raise entry.fail("url", f"longer than {MAX_URL_BYTES} bytes")
-    for field in _STRING_FIELDS:
-        value = getattr(cmd, re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), field))
-        if len(value.encode()) > MAX_FIELD_BYTES and field not in ("name", "url"):
+    bounded = {"type": cmd.type, "access": cmd.access, "user": cmd.user, "database": cmd.database,
+               "basicAuthUser": cmd.basic_auth_user, "apiVersion": cmd.api_version}
+    for field, value in bounded.items():
+        if len(value.encode()) > MAX_FIELD_BYTES:
             raise entry.fail(field, f"longer than {MAX_FIELD_BYTES} bytes")
     checks: list[tuple[str, Callable[[], object]]] = [
         ("uid", lambda: validate_uid(cmd.uid)),

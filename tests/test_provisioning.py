@@ -194,6 +194,8 @@ async def test_reload_updates_by_name_deletes_and_prunes_in_one_run(start, provi
         prune: true
         deleteDatasources:
           - {name: by-api, orgId: 1}
+          - {name: by-api, orgId: 99}
+          - {name: never-existed}
         datasources:
           - {name: kept, type: prometheus, url: "http://kept-2:9090", jsonData: {timeInterval: 15s}}
         """)

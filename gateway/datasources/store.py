@@ -207,9 +207,10 @@ class DataSourceStore:
             for org_id in orgs:  # in one order, so two runs (or a run and an API write) cannot deadlock
                 await conn.execute(self._q["lock_org_data_sources"], org_id)
             for step in [*stale, *steps]:
-                if not await conn.fetchrow(self._q["org_exists"], step.org_id):
+                if isinstance(step, ProvisionedDataSource) and not await conn.fetchrow(
+                        self._q["org_exists"], step.org_id):
                     raise ProvisioningFailed(f"{step.where}: orgId: organization {step.org_id} does not exist")
-                if isinstance(step, ProvisionedDelete):
+                if isinstance(step, ProvisionedDelete):  # in an org that does not exist: nothing to delete
                     row = await conn.fetchrow(self._q["lock_data_source"], step.org_id, None, None, step.name)
                     if row is not None:
                         await conn.execute(self._q["delete_data_source"], step.org_id, row["id"])
