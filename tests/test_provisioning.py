@@ -282,6 +282,12 @@ BAD_FILES = [
      "datasources[0] ('x'): isDefault: must be true or false"),
     ("apiVersion: 1\ndatasources:\n  - {name: x, type: prometheus, url: 'http://x', jsonData: [1]}\n",
      "datasources[0] ('x'): jsonData: must be a mapping"),
+    ("apiVersion: 1\ndatasources:\n  - {name: x, type: prometheus, url: 'http://x', user: '" + "u" * 256 + "'}\n",
+     "datasources[0] ('x'): user: longer than 255 bytes"),
+    ("apiVersion: 1\ndatasources:\n  - {name: x, type: prometheus, url: 'http://x',"
+     " secureJsonData: {password: '$__file{/nonexistent/pw}'}}\n",
+     "datasources[0] ('x'): secureJsonData.password: $__file{/nonexistent/pw} is not a readable file of at most"
+     " 1048576 bytes"),
     ("apiVersion: 1\ndatasources:\n  - {name: x, type: prometheus, url: 'http://x', orgId: 7}\n",
      "datasources[0] ('x'): orgId: organization 7 does not exist"),
     ("apiVersion: 1\ndatasources:\n  - {name: x, type: generic-http, url: 'http://x',"
