@@ -1,4 +1,4 @@
-"""python -m gateway: serve (default), migrate, check-config, service-accounts, secrets."""
+"""python -m gateway: serve (default), migrate, check-config, service-accounts, secrets, datasources export."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -27,9 +28,12 @@ from gateway.accounts import ROLES, AccountStore
 from gateway.app import SERVER_OPTIONS, create_app, open_database
 from gateway.config import Config, ConfigError
 from gateway.crypto import SecretKeyMismatch, unwrap_key, wrap_key
+from gateway.datasources.store import DataSourceStore
+from gateway.db import DatabaseUnreachable
 from gateway.embedded import start_embedded_postgres
-from gateway.errors import DatabaseUnavailable
+from gateway.errors import DatabaseUnavailable, ProvisioningFailed
 from gateway.keys import draining_key
+from gateway.provisioning import export
 
 log = logging.getLogger("gateway")
 
@@ -207,20 +211,44 @@ def serve(config: Config) -> None:
     sock.listen(1024)
     sock.set_inheritable(True)
     context = multiprocessing.get_context("fork")
-    processes = [context.Process(target=_serve_worker, args=(config, sock), daemon=False) for _ in range(workers)]
+
+    def start() -> BaseProcess:
+        process = context.Process(target=_serve_worker, args=(config, sock), daemon=False)
+        process.start()
+        return process
+
     # blocked until each process handles them: a signal during the forks is held, not lost or fatal
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
-        for process in processes:
-            process.start()
-        sock.close()  # the workers hold it: once the last one stops listening, new connections are refused
-        _supervise(processes, max(config.server.shutdown_timeout, 0.0) + SHUTDOWN_MARGIN)
+        processes = [start() for _ in range(workers)]
+        # the parent keeps the socket to start replacements; it closes it on the first signal, so once the last
+        # worker stops listening new connections are refused
+        code = _supervise(processes, max(config.server.shutdown_timeout, 0.0) + SHUTDOWN_MARGIN, start, sock.close)
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        sock.close()
+    if code:
+        sys.exit(code)
 
 
-def _supervise(processes: Sequence[BaseProcess], grace: float) -> None:
-    """Wait for the workers; pass SIGTERM and SIGINT on to them and SIGKILL those still running `grace` later."""
+# a worker that dies is replaced, unless workers died this often within the window: a crash loop stops the server
+RESTART_LIMIT = 5
+RESTART_WINDOW = 30.0
+
+
+def _exit_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        return f"killed by {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
+
+
+def _supervise(processes: list[BaseProcess], grace: float, start: Callable[[], BaseProcess] | None = None,
+               on_signal: Callable[[], None] | None = None) -> int:
+    """Wait for the workers, replacing one that dies (RESTART_LIMIT per RESTART_WINDOW at most); pass SIGTERM
+    and SIGINT on to them and SIGKILL those still running `grace` later. Returns the exit status for the server:
+    1 when a crash loop stopped it, else 0."""
+    restarts: deque[float] = deque(maxlen=RESTART_LIMIT)
+    status = 0
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -229,7 +257,12 @@ def _supervise(processes: Sequence[BaseProcess], grace: float) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     deadline: float | None = None
     try:
-        while running := [process for process in processes if process.exitcode is None]:
+        while True:
+            if deadline is None and start is not None:
+                deadline, status = _replace_dead(processes, start, restarts, grace, on_signal)
+            running = [process for process in processes if process.exitcode is None]
+            if not running:
+                break
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 log.warning("worker(s) %s still running %gs after the signal: killing them",
@@ -238,7 +271,7 @@ def _supervise(processes: Sequence[BaseProcess], grace: float) -> None:
                     process.kill()
                 for process in running:
                     process.join(grace)
-                return
+                return status
             ready = multiprocessing.connection.wait([wake_r, *(process.sentinel for process in running)], timeout)
             if wake_r not in ready:
                 continue
@@ -248,6 +281,8 @@ def _supervise(processes: Sequence[BaseProcess], grace: float) -> None:
                 if deadline is None:
                     deadline = time.monotonic() + grace
                     log.info("%s: passing it on to %d worker(s)", signal.Signals(signum).name, len(running))
+                    if on_signal is not None:
+                        on_signal()
                 for process in running:  # not reaped yet (exitcode None above), so the pid is still theirs
                     assert process.pid is not None
                     with contextlib.suppress(ProcessLookupError):
@@ -258,6 +293,36 @@ def _supervise(processes: Sequence[BaseProcess], grace: float) -> None:
             signal.signal(signum, handler)
         os.close(wake_r)
         os.close(wake_w)
+    return status
+
+
+def _replace_dead(processes: list[BaseProcess], start: Callable[[], BaseProcess], restarts: deque[float],
+                  grace: float, on_stop: Callable[[], None] | None) -> tuple[float | None, int]:
+    """Start a worker in place of each dead one and log it; on a crash loop stop the others instead and return
+    (the deadline to kill them, exit status 1)."""
+    for index, process in enumerate(processes):
+        if process.exitcode is None:
+            continue
+        now = time.monotonic()
+        if len(restarts) == RESTART_LIMIT and now - restarts[0] < RESTART_WINDOW:
+            log.error("worker %d died (%s); %d workers died within %gs: stopping the server", process.pid,
+                      _exit_reason(process.exitcode), RESTART_LIMIT + 1, RESTART_WINDOW)
+            if on_stop is not None:
+                on_stop()
+            for other in processes:
+                if other.exitcode is None and other.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(other.pid, signal.SIGTERM)
+            return now + grace, 1
+        restarts.append(now)
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # the new worker unblocks them once it handles them
+        try:
+            processes[index] = start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        log.warning("worker %d died (%s): started worker %d in its place", process.pid,
+                    _exit_reason(process.exitcode), processes[index].pid)
+    return None, 0
 
 
 def _note_signal(signum: int, frame: FrameType | None) -> None:
@@ -312,6 +377,26 @@ async def _rotate_secret_key(config: Config, old_key: str) -> None:
     print(f"re-encrypted {rotated} data key(s) under the configured secret_key")
 
 
+async def _export_data_sources(config: Config, org_id: int, with_secrets: bool) -> str:
+    """The org's data sources as a provisioning file."""
+    db, box = await open_database(config, provision=False)
+    try:
+        sources = await DataSourceStore(db).list_data_sources(org_id, 0)
+    finally:
+        await db.close()
+    return export(sources, box, org_id, with_secrets)
+
+
+def _write_export(text: str, output: str | None) -> None:
+    if not output or output == "-":
+        sys.stdout.write(text)
+        return
+    # the file may hold decrypted secrets: readable by its owner only
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     parser.add_argument("--config", help="custom INI file, applied over the embedded defaults")
@@ -330,6 +415,12 @@ def _parser() -> argparse.ArgumentParser:
     secrets_cmd = commands.add_parser("secrets", help="manage encryption keys").add_subparsers(dest="action")
     rotate = secrets_cmd.add_parser("rotate", help="re-encrypt data keys from --old-key to [security] secret_key")
     rotate.add_argument("--old-key", required=True)
+    sources = commands.add_parser("datasources", help="data sources").add_subparsers(dest="action")
+    exporter = sources.add_parser("export", help="write the org's data sources as a provisioning file")
+    exporter.add_argument("--org-id", type=int, default=1)
+    exporter.add_argument("--with-secrets", action="store_true",
+                          help="include secureJsonData, decrypted (the file then holds every secret)")
+    exporter.add_argument("-o", "--output", help="file to write (mode 0600); default: standard output")
     return parser
 
 
@@ -353,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             asyncio.run(_create_service_account(config, args))
         elif args.command == "secrets" and args.action == "rotate":
             asyncio.run(_rotate_secret_key(config, args.old_key))
+        elif args.command == "datasources" and args.action == "export":
+            _write_export(asyncio.run(_export_data_sources(config, args.org_id, args.with_secrets)), args.output)
         else:
             _parser().print_help()
             sys.exit(2)
@@ -363,6 +456,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"gateway: [security] secret_key cannot decrypt data key {error}; if the key was changed,"
             " run: gateway secrets rotate --old-key <previous key>"
         )
+    except DatabaseUnreachable as error:
+        log.error("%s", error)
+        sys.exit(f"gateway: {error}")
+    except ProvisioningFailed as error:
+        sys.exit(f"gateway: provisioning: {error.message}")
     except (OSError, TimeoutError, DatabaseUnavailable) as error:
         sys.exit(f"gateway: cannot reach the database at [database] url: {error}")
 

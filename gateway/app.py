@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Mapping
 from types import MappingProxyType
 
@@ -13,6 +14,7 @@ from gateway.api import accounts as accounts_api
 from gateway.api import admin as admin_api
 from gateway.api import datasources as datasources_api
 from gateway.api import plugins as plugins_api
+from gateway.api import provisioning as provisioning_api
 from gateway.api import proxy as proxy_api
 from gateway.api import query as query_api
 from gateway.api import system as system_api
@@ -23,7 +25,7 @@ from gateway.crypto import SecretBox
 from gateway.datasources.cache import DataSourceCache
 from gateway.datasources.service import DataSourceService
 from gateway.datasources.store import DataSourceStore
-from gateway.db import Database, create_pool
+from gateway.db import Database, create_pool, wait_for_database
 from gateway.http.client import Clients
 from gateway.keys import (
     accounts_key,
@@ -34,15 +36,25 @@ from gateway.keys import (
     config_key,
     db_key,
     draining_key,
+    provisioner_key,
     service_key,
     store_key,
 )
+from gateway.provisioning import Provisioner
 from gateway.responses import default_headers, error_middleware
 from gateway.sql import MIGRATION_LOCK, load_queries, migrate
 
 
-async def open_database(config: Config) -> tuple[Database, SecretBox]:
-    """Connect, apply migrations and unwrap the data keys, under one advisory lock across replicas."""
+def provisioner(config: Config, store: DataSourceStore, box: SecretBox) -> Provisioner:
+    """The data source provisioner of `[paths] provisioning`, interpolating from this process's environment."""
+    return Provisioner(store, box, config.paths.provisioning, config.security.secret_key, os.environ,
+                       MIGRATION_LOCK)
+
+
+async def open_database(config: Config, *, provision: bool = True) -> tuple[Database, SecretBox]:
+    """Wait for the database ([database] wait_timeout), then apply migrations, unwrap the data keys and (unless
+    another replica already did) apply the provisioning files, under one advisory lock across replicas."""
+    await wait_for_database(config.database, config.database.url)
     pool = await create_pool(config.database, config.database.url)
     db = Database(pool, load_queries())
     try:
@@ -51,6 +63,8 @@ async def open_database(config: Config) -> tuple[Database, SecretBox]:
             try:
                 await migrate(conn)
                 box = await SecretBox.load(conn, db.queries, config.security.secret_key)
+                if provision:
+                    await provisioner(config, DataSourceStore(db), box).start(conn)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     except BaseException:
@@ -66,6 +80,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[box_key] = box
     app[store_key] = store = DataSourceStore(db)
     app[service_key] = DataSourceService(store, box)
+    app[provisioner_key] = provisioner(app[config_key], store, box)
     app[accounts_key] = accounts = AccountStore(db)
     app[authenticator_key] = Authenticator(app[config_key], accounts)
     try:
@@ -115,6 +130,7 @@ def create_app(config: Config) -> web.Application:
     datasources_api.add_routes(app)
     plugins_api.add_routes(app)
     accounts_api.add_routes(app)
+    provisioning_api.add_routes(app)
     proxy_api.add_routes(app)
     query_api.add_routes(app)
     tsdb_api.add_routes(app)

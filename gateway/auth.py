@@ -57,7 +57,8 @@ _ADMIN = {
     "serviceaccounts:write": {"serviceaccounts:*"},
     "serviceaccounts:delete": {"serviceaccounts:*"},
 }
-_SERVER_ADMIN = {"orgs:read": {"*"}, "orgs:create": {""}}
+# provisioning touches every org: Grafana grants fixed:provisioning:writer to the server admin only
+_SERVER_ADMIN = {"orgs:read": {"*"}, "orgs:create": {""}, "provisioning:reload": {"provisioners:*"}}
 
 
 @functools.lru_cache(maxsize=1024)

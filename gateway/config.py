@@ -28,6 +28,7 @@ class Database(msgspec.Struct, frozen=True, kw_only=True):
     url: str = ""
     max_open_conn: int = 10
     query_timeout: float = 10.0
+    wait_timeout: float = 30.0
 
 
 class Security(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,6 +139,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("invalid value for [database] url: must start with postgres:// or postgresql://")
         if self.database.max_open_conn < 1:
             raise ConfigError("invalid value for [database] max_open_conn: must be at least 1")
+        if self.database.wait_timeout < 0:
+            raise ConfigError("invalid value for [database] wait_timeout: must be 0 or more")
         if not self.security.secret_key:
             raise ConfigError("invalid value for [security] secret_key: must not be empty")
         if self.gateway.max_body_bytes < 1024:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import msgspec
@@ -31,6 +32,45 @@ async def create_pool(config: DatabaseConfig, url: str) -> Any:
         init=_init_connection, timeout=5, command_timeout=config.query_timeout,
         server_settings={"statement_timeout": str(int(config.query_timeout * 1000)), "application_name": "gateway"},
     )
+
+
+class DatabaseUnreachable(Exception):
+    """The database did not answer within [database] wait_timeout; the message names the host, never a password."""
+
+
+async def wait_for_database(config: DatabaseConfig, url: str) -> None:
+    """Retry connecting with backoff until the database answers or [database] wait_timeout has passed.
+
+    Only failures to connect are retried (refused, timed out, still starting up): a wrong password fails at once.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.wait_timeout
+    delay = 0.1
+    while True:
+        remaining = deadline - loop.time()
+        try:
+            conn = await asyncpg.connect(url, timeout=max(min(remaining, 5.0), 0.5))
+        except (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as error:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                parts = urlsplit(url)
+                raise DatabaseUnreachable(
+                    f"database {parts.hostname or 'localhost'}:{parts.port or 5432} did not answer within"
+                    f" [database] wait_timeout ({config.wait_timeout:g}s): {type(error).__name__}: {error}"
+                ) from None
+            log.warning("database %s not reachable yet (%s), retrying for %.0fs more",
+                        urlsplit(url).hostname or "localhost", type(error).__name__, remaining)
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 2.0)
+            continue
+        except asyncpg.PostgresError as error:  # it answered and said no: waiting will not change that
+            parts = urlsplit(url)
+            raise DatabaseUnreachable(
+                f"database {parts.hostname or 'localhost'}:{parts.port or 5432} refused the connection:"
+                f" {type(error).__name__}: {error}"
+            ) from None
+        await conn.close()
+        return
 
 
 CLOSE_TIMEOUT = 10.0  # seconds a graceful close may wait for connections in use before they are cut

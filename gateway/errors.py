@@ -442,3 +442,15 @@ def translate(error: BaseException, *, database: bool = False) -> GatewayError |
     if isinstance(error, (*_DATABASE_DOWN, OSError, TimeoutError)):
         return DatabaseUnavailable()
     return None
+
+
+# -- provisioning ---------------------------------------------------------------------------------------
+
+class ProvisioningFailed(GatewayError):
+    """A provisioning file that cannot be applied; the message names the file, the entry and the field, never
+    a value, and nothing was changed."""
+
+    status = 400
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"Datasources config not applied: {problem}")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gateway.datasources.store import DataSourceStore
     from gateway.db import Database
     from gateway.http.client import Clients
+    from gateway.provisioning import Provisioner
 
 config_key: web.AppKey[Config] = web.AppKey("config")
 db_key: web.AppKey[Database] = web.AppKey("db")
@@ -31,6 +32,7 @@ accounts_key: web.AppKey[AccountStore] = web.AppKey("accounts")
 authenticator_key: web.AppKey[Authenticator] = web.AppKey("authenticator")
 cache_key: web.AppKey[DataSourceCache] = web.AppKey("cache")
 clients_key: web.AppKey[Clients] = web.AppKey("clients")
+provisioner_key: web.AppKey[Provisioner] = web.AppKey("provisioner")
 # set from SIGTERM/SIGINT on: /api/health answers 503 while the worker drains (gateway.__main__)
 draining_key: web.AppKey[asyncio.Event] = web.AppKey("draining")
 

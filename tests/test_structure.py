@@ -97,7 +97,7 @@ RANKS = (
     ("gateway.http.client",),
     ("gateway.backends", "gateway.datasources.store", "gateway.accounts"),
     ("gateway.datasources.cache", "gateway.datasources.service", "gateway.expressions"),
-    ("gateway.auth", "gateway.responses", "gateway.query", "gateway.legacy"),
+    ("gateway.auth", "gateway.responses", "gateway.query", "gateway.legacy", "gateway.provisioning"),
     ("gateway.api",),
     ("gateway.app",),
     ("gateway.__main__",),

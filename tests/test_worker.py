@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 # Fill and free eight 400 KiB chunks 64 times and print the minor page faults that took. With glibc's
 # sliding thresholds the freed heap top is trimmed every round, so each round faults its pages in again,
@@ -114,3 +115,102 @@ async def test_malformed_requests_are_logged_in_one_line_without_their_headers(d
         log = gateway.log.read_text()
     assert token not in log and "Traceback" not in log
     assert log.count("malformed request refused") == len(requests)
+
+
+def _children(pid: int) -> set[int]:
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+async def test_a_worker_that_dies_is_replaced_and_the_event_logged(database_url, tmp_path):
+    import asyncio
+    import os
+    import signal
+    import time
+
+    import aiohttp
+
+    from tests.test_shutdown import running_gateway
+
+    async with running_gateway(database_url, tmp_path, workers=2) as gateway:
+        workers = _children(gateway.process.pid)
+        assert len(workers) == 2
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while gateway.log.read_text().count("INFO gateway serving (pid") < 3:
+            assert time.monotonic() < deadline, gateway.log.read_text()
+            await asyncio.sleep(0.1)
+        now = _children(gateway.process.pid)
+        assert len(now) == 2 and victim not in now and (now - workers)
+        (replacement,) = now - workers
+        assert f"worker {victim} died (killed by SIGKILL): started worker {replacement} in its place" in (
+            gateway.log.read_text())
+        async with aiohttp.ClientSession() as session:
+            for _ in range(10):  # both workers (whichever accepts) answer
+                async with session.get(f"{gateway.url}/api/health") as response:
+                    assert response.status == 200
+        assert gateway.process.poll() is None
+
+
+def test_start_fails_fast_and_clearly_when_the_database_stays_unreachable(tmp_path):
+    import os
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GF_")}
+    env.update({"GF_DATABASE_URL": f"postgres://gw:hunter2secret@127.0.0.1:{port}/gw", "GF_DATABASE_WAIT_TIMEOUT": "1",
+                "GF_PATHS_DATA": str(tmp_path)})
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+    elapsed = time.monotonic() - started
+    assert done.returncode != 0
+    assert elapsed < 15
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"gateway: database 127.0.0.1:{port} did not answer within [database] wait_timeout (1s)")
+    assert "hunter2secret" not in done.stderr + done.stdout
+    assert "retrying" in done.stderr  # it did retry before giving up
+
+
+async def test_workers_dying_in_a_loop_stop_the_server_instead_of_spinning(database_url, tmp_path):
+    import asyncio
+    import os
+    import signal
+    import time
+
+    from gateway.__main__ import RESTART_LIMIT
+    from tests.test_shutdown import running_gateway
+
+    async with running_gateway(database_url, tmp_path, workers=2) as gateway:
+        deadline = time.monotonic() + 20
+        for _ in range(RESTART_LIMIT + 1):
+            children = _children(gateway.process.pid)
+            os.kill(min(children), signal.SIGKILL)
+            while gateway.process.poll() is None and min(children) in _children(gateway.process.pid):
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        while gateway.process.poll() is None:
+            assert time.monotonic() < deadline, gateway.log.read_text()
+            await asyncio.sleep(0.05)
+        assert gateway.process.returncode == 1
+        log = gateway.log.read_text()
+        assert log.count("started worker") == RESTART_LIMIT
+        assert f"{RESTART_LIMIT + 1} workers died within 30s: stopping the server" in log
+
+
+def test_a_database_that_answers_no_fails_the_start_at_once(database_url, tmp_path):
+    import os
+    import time
+
+    missing = database_url.rsplit("/", 1)[0] + "/gateway_no_such_database"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GF_")}
+    env.update({"GF_DATABASE_URL": missing, "GF_DATABASE_WAIT_TIMEOUT": "60", "GF_PATHS_DATA": str(tmp_path)})
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "gateway", "migrate"], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 1 and time.monotonic() - started < 15
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("gateway: database ") and "refused the connection: InvalidCatalogNameError" in last

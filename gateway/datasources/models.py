@@ -234,3 +234,25 @@ def validate_request_settings(cmd: AddDataSourceCommand) -> None:
     for field, value in (("user", cmd.user), ("database", cmd.database), ("basicAuthUser", cmd.basic_auth_user)):
         if _CONTROL.search(value):
             raise InvalidTextSetting(field)
+
+
+# -- provisioning ---------------------------------------------------------------------------------
+
+class ProvisionedDelete(msgspec.Struct, frozen=True, kw_only=True):
+    """A `deleteDatasources` entry (or a pruned data source); `where` names its file and entry."""
+
+    where: str
+    org_id: int
+    name: str
+
+
+class ProvisionedDataSource(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated `datasources` entry with its secrets sealed; `where` names its file and entry."""
+
+    where: str
+    org_id: int
+    cmd: AddDataSourceCommand
+    sealed: dict[str, str]
+    version: int
+    read_only: bool
+    prunable: bool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,6 +11,8 @@ import asyncpg
 from gateway.datasources.models import (
     AddDataSourceCommand,
     DataSource,
+    ProvisionedDataSource,
+    ProvisionedDelete,
     UidGenerator,
     UpdateDataSourceCommand,
     validate_uid,
@@ -25,7 +28,10 @@ from gateway.errors import (
     DataSourceUidMismatch,
     DataSourceUpdateNameExists,
     DataSourceVersionConflict,
+    ProvisioningFailed,
 )
+
+log = logging.getLogger("gateway.provisioning")
 
 # Called with (org_id, data source id, uid) after every committed write; the cache listens here.
 ChangeListener = Callable[[int, int, str], Any]
@@ -175,6 +181,89 @@ class DataSourceStore:
         ds = DataSource.from_record(row)
         self._changed(ds)
         return ds
+
+    async def provision(
+        self, steps: Sequence[ProvisionedDelete | ProvisionedDataSource], lock_key: int, *, conn: Any = None,
+        digest: str = "",
+    ) -> int:
+        """Apply one provisioning run in one transaction, as Grafana orders it: prune the prunable data sources
+        no file names any more, then each file's deletes and upserts; returns how many rows changed.
+
+        A failure names the entry (ProvisioningFailed) and rolls everything back. `conn` is the session that
+        already holds `lock_key` at start; `digest` is recorded so other replicas skip the same files.
+        """
+        if conn is None:
+            async with self._db.connection() as own:
+                return await self.provision(steps, lock_key, conn=own, digest=digest)
+        changed: list[Any] = []
+        async with conn.transaction():
+            await conn.execute(self._q["lock_provisioning"], lock_key)
+            named = {(step.org_id, step.name if isinstance(step, ProvisionedDelete) else step.cmd.name)
+                     for step in steps}
+            stale = [ProvisionedDelete(where="prune", org_id=row["org_id"], name=row["name"])
+                     for row in await conn.fetch(self._q["list_prunable_data_sources"])
+                     if (row["org_id"], row["name"]) not in named]
+            orgs = sorted({step.org_id for step in [*stale, *steps]})
+            for org_id in orgs:  # in one order, so two runs (or a run and an API write) cannot deadlock
+                await conn.execute(self._q["lock_org_data_sources"], org_id)
+            for step in [*stale, *steps]:
+                if isinstance(step, ProvisionedDataSource) and not await conn.fetchrow(
+                        self._q["org_exists"], step.org_id):
+                    raise ProvisioningFailed(f"{step.where}: orgId: organization {step.org_id} does not exist")
+                if isinstance(step, ProvisionedDelete):  # in an org that does not exist: nothing to delete
+                    row = await conn.fetchrow(self._q["lock_data_source"], step.org_id, None, None, step.name)
+                    if row is not None:
+                        await conn.execute(self._q["delete_data_source"], step.org_id, row["id"])
+                        log.info("provisioning deleted data source %r (org %d, %s)", step.name, step.org_id,
+                                 step.where)
+                        changed.append(row)
+                    continue
+                row = await self._upsert(conn, step)
+                if row is not None:
+                    changed.append(row)
+            for row in changed:
+                await self._notify(conn, row)
+            if digest:
+                await conn.execute(self._q["set_provisioning_digest"], "datasources", digest)
+        for row in changed:
+            self._changed(DataSource.from_record(row))
+        return len(changed)
+
+    async def provisioned_digest(self, conn: Any) -> str:
+        """The digest of the files the last start applied ('' when none was)."""
+        return await conn.fetchval(self._q["get_provisioning_digest"], "datasources") or ""
+
+    async def _upsert(self, conn: Any, step: ProvisionedDataSource) -> Any:
+        """Insert or update one provisioned data source by org and name; None when its stored version is newer."""
+        cmd, org_id = step.cmd, step.org_id
+        current = await conn.fetchrow(self._q["lock_data_source"], org_id, None, None, cmd.name)
+        json_data = cmd.json_data if cmd.json_data is not None else {}
+        try:
+            if current is None:
+                is_default = cmd.is_default or not await conn.fetch(self._q["list_data_source_names"], org_id)
+                row = await conn.fetchrow(
+                    self._q["insert_provisioned_data_source"], org_id, cmd.type, cmd.name, cmd.access, cmd.url,
+                    cmd.user, cmd.database, cmd.basic_auth, cmd.basic_auth_user, cmd.with_credentials, is_default,
+                    json_data, step.sealed, cmd.uid, step.read_only, cmd.api_version, step.prunable,
+                )
+            else:
+                row = await conn.fetchrow(
+                    self._q["update_provisioned_data_source"], org_id, current["id"], step.version, cmd.type,
+                    cmd.name, cmd.access, cmd.url, cmd.user, cmd.database, cmd.basic_auth, cmd.basic_auth_user,
+                    cmd.with_credentials, cmd.is_default, json_data, step.sealed, cmd.uid, step.read_only,
+                    step.prunable,
+                )
+        except asyncpg.UniqueViolationError:
+            raise ProvisioningFailed(f"{step.where}: uid: another data source of org {org_id} has this uid") from None
+        if row is None:
+            log.info("provisioning kept data source %r (org %d): its stored version %d is newer than %s's %d",
+                     cmd.name, org_id, current["version"], step.where, step.version)
+            return None
+        if row["is_default"]:
+            await conn.execute(self._q["clear_default_data_source"], org_id, row["id"])
+        log.info("provisioning %s data source %r (org %d, uid %s)", "added" if current is None else "updated",
+                 cmd.name, org_id, row["uid"])
+        return row
 
     async def _notify(self, conn: Any, row: Any) -> None:
         """Tell every replica, on commit, that this data source changed."""
