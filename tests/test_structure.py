@@ -16,7 +16,8 @@ PACKAGE = ROOT / "gateway"
 # below the handlers: none of these may see a web.Request (STYLE.md)
 LOWER = ("gateway.datasources", "gateway.backends", "gateway.http", "gateway.crypto", "gateway.sql",
          "gateway.config", "gateway.errors", "gateway.binding", "gateway.db", "gateway.accounts",
-         "gateway.embedded", "gateway.frames", "gateway.query", "gateway.expressions", "gateway.legacy")
+         "gateway.embedded", "gateway.frames", "gateway.query", "gateway.expressions", "gateway.legacy",
+         "gateway.cache")
 
 
 def _modules() -> dict[str, Path]:
@@ -93,7 +94,7 @@ RANKS = (
      "gateway.db"),
     ("gateway.http.client",),
     ("gateway.backends", "gateway.datasources.store", "gateway.accounts"),
-    ("gateway.datasources.cache", "gateway.datasources.service", "gateway.expressions"),
+    ("gateway.datasources.cache", "gateway.datasources.service", "gateway.expressions", "gateway.cache"),
     ("gateway.auth", "gateway.responses", "gateway.query", "gateway.legacy"),
     ("gateway.api",),
     ("gateway.app",),
@@ -111,11 +112,12 @@ def _rank(name: str) -> int:
 def test_imports_point_one_way():
     wrong = []
     for name in MODULES:
-        if name in ("gateway", "gateway.api", "gateway.backends", "gateway.datasources", "gateway.http"):
+        if name in ("gateway", "gateway.api", "gateway.backends", "gateway.cache", "gateway.datasources",
+                    "gateway.http"):
             continue  # empty package markers
         package = name.rsplit(".", 1)[0]
         for target in _internal(name):
-            if target in ("gateway.api", "gateway.backends", "gateway.datasources", "gateway.http"):
+            if target in ("gateway.api", "gateway.backends", "gateway.cache", "gateway.datasources", "gateway.http"):
                 continue
             if package != "gateway" and target.rsplit(".", 1)[0] == package:
                 continue  # within a subpackage (backends.registry -> backends.prometheus)
