@@ -246,6 +246,31 @@ async def test_the_memory_store_is_an_lru_bounded_by_bytes():
     assert await store.get("short") is None
 
 
+async def test_prometheus_resources_are_cached_per_role_under_their_own_ttl(aiohttp_client, aiohttp_server,
+                                                                             database_url, make_token):
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url, enabled_by_default=False))
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    path = "/api/datasources/uid/p/resources/api/v1/labels?match[]=up"
+    response = await client.get(path, headers=ADMIN)
+    assert response.status == 200 and response.headers["X-Cache"] == "DISABLED"
+    response = await client.post("/api/datasources/uid/p/cache", headers=ADMIN,
+                                 json={"enabled": True, "useDefaultTTL": False, "ttlResourcesMs": 60000,
+                                       "ttlQueriesMs": 1})
+    assert response.status == 200
+    first, second = [await client.get(path, headers=ADMIN) for _ in range(2)]
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
+    assert await first.read() == await second.read() and len(upstream.calls) == 2
+    viewer = await client.get(path, headers=await make_token("Viewer"))  # another role: its own key
+    assert viewer.status == 200 and viewer.headers["X-Cache"] == "MISS" and len(upstream.calls) == 3
+    skipped = await client.get(path, headers={**ADMIN, "X-Cache-Skip": "1"})
+    assert skipped.headers["X-Cache"] == "BYPASS" and len(upstream.calls) == 4
+    # queries keep their own TTL (1 ms here): the second one misses
+    await post(client, {"queries": [instant()], **BODY})
+    await asyncio.sleep(0.01)
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "MISS"
+
+
 # -- coalescing --------------------------------------------------------------------------------------------------
 
 async def test_identical_queries_in_flight_share_one_backend_call(aiohttp_client, aiohttp_server, database_url):

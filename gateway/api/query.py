@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.auth import authorize
 from gateway.binding import bind
+from gateway.cache.service import skipped
 from gateway.frames import DataResponse, encode_msgpack, json_chunks
 from gateway.keys import cache_key, config_key, query_cache_key, store_key
 from gateway.query import MetricRequest, Resolver, execute, failed, plan
@@ -27,19 +28,13 @@ async def query_metrics_v2(request: web.Request) -> web.StreamResponse:
     resolver = Resolver(identity.org_id, request.app[cache_key], request.app[store_key],
                         lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
     work = await plan(body, resolver, config, datetime.now(UTC))
-    cache = request.app[query_cache_key].request(skip=_skip(request))
+    cache = request.app[query_cache_key].request(skip=skipped(request.headers.get("X-Cache-Skip")))
     results = await execute(work, config, cache)
     status = 200
     if failed(results):
         status = 207 if MULTI_STATUS_TOGGLE in config.feature_toggles.enable else 400
     header = cache.header
     return await write_results(request, results, status, {"X-Cache": header} if header else None)
-
-
-def _skip(request: web.Request) -> bool:
-    """X-Cache-Skip set to anything but an empty or false value bypasses the cache (Grafana's header)."""
-    value = request.headers.get("X-Cache-Skip")
-    return value is not None and value.strip().lower() not in ("", "false", "0")
 
 
 async def write_results(request: web.Request, results: dict[str, DataResponse], status: int,

@@ -48,7 +48,8 @@ def query_key(ds: DataSource, generation: int, query: DataQuery, exact: tuple[in
                          exact or rounded_range(query))
 
 
-def resource_key(ds: DataSource, generation: int, method: str, path: str, query: str, body: bytes) -> str:
+def resource_key(ds: DataSource, generation: int, method: str, path: str, query: str, body: bytes, role: str,
+                 headers: list[tuple[str, str]]) -> str:
     """The key of one resource call's answer."""
     return "r:" + digest(ds.org_id, generation, ds.uid, ds.type, ds.version, str(ds.updated), method, path, query,
-                         body)
+                         body, role, headers)

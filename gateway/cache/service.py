@@ -11,20 +11,29 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from gateway.backends.base import Context, DataQuery
+import msgspec
+
+from gateway.backends.base import Context, DataQuery, ResourceRequest
 from gateway.cache import codec, delta
-from gateway.cache.keys import query_key
+from gateway.cache.keys import query_key, resource_key
 from gateway.cache.settings import CacheSettings, SettingsStore
 from gateway.cache.store import CacheStats, Store, StoreError
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.frames import DataResponse
+from gateway.http.client import Answer
 
 log = logging.getLogger("gateway.cache")
 
 Call = Callable[[Context, list[DataQuery]], Awaitable[dict[str, DataResponse]]]
 HIT, MISS, BYPASS, ERROR, DISABLED = "HIT", "MISS", "BYPASS", "ERROR", "DISABLED"
 POLL = 0.02  # seconds between looks for a value another replica is computing
+# resource calls kept: the read endpoints of the types whose labels, series and metadata dashboards ask again
+# and again (the variables of every panel); the headers the call sends on are part of the key
+RESOURCE_TYPES = frozenset({"prometheus", "loki"})
+RESOURCE_HEADERS = frozenset({"accept", "content-type", "x-grafana-cache"})
+_encode_answer = msgspec.msgpack.Encoder().encode
+_decode_answer = msgspec.msgpack.Decoder(Answer).decode
 
 
 class QueryCache:
@@ -50,6 +59,51 @@ class QueryCache:
     async def close(self) -> None:
         """Close the store."""
         await self.store.close()
+
+    async def resource(self, ctx: Context, request: ResourceRequest, skip: bool,
+                       call: Callable[[], Awaitable[Answer]]) -> tuple[Answer, str | None]:
+        """A resource call of a Prometheus or Loki data source, kept for ttlResourcesMs when it answered 200;
+        with its X-Cache (None for calls never cached). The caller's role is part of the key, because the
+        type's routes answer some paths to some roles only."""
+        if ctx.ds.type not in RESOURCE_TYPES or request.method not in ("GET", "POST"):
+            return await call(), None
+        try:
+            settings = await self.settings.get(ctx.ds.org_id, ctx.ds.uid)
+        except GatewayError:
+            self.stats.count(ERROR)
+            return await call(), ERROR
+        if not settings.enabled or skip:
+            result = BYPASS if settings.enabled else DISABLED
+            self.stats.count(result)
+            return await call(), result
+        headers = sorted((name.lower(), value) for name, value in request.headers
+                         if name.lower() in RESOURCE_HEADERS)
+        key = resource_key(ctx.ds, settings.generation, request.method, request.path, request.query,
+                           request.body, request.role, headers)
+        try:
+            value = await self.store.get(key)
+        except StoreError:
+            self.stats.count(ERROR)
+            return await call(), ERROR
+        if value is not None:
+            self.stats.count(HIT)
+            return _decode_answer(value), HIT
+        answer = await call()
+        result = MISS
+        if answer.status == 200:
+            encoded = _encode_answer(answer)
+            if len(encoded) <= self.max_value:
+                try:
+                    await self.store.set(key, encoded, settings.resource_ttl(self.config))
+                except StoreError:
+                    result = ERROR
+        self.stats.count(result)
+        return answer, result
+
+
+def skipped(header: str | None) -> bool:
+    """Whether an X-Cache-Skip request header bypasses the cache: present, and not empty or false."""
+    return header is not None and header.strip().lower() not in ("", "false", "0")
 
 
 def x_cache(results: list[str]) -> str | None:
