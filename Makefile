@@ -39,6 +39,7 @@ lint: install
 bench: install
 	$(PY) bench/proxy.py
 	$(PY) bench/query.py
+	$(PY) bench/cache.py
 
 clean:
 	rm -rf $(VENV) .venv-client .venv-schemathesis .pytest_cache .mypy_cache .ruff_cache
