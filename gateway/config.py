@@ -188,6 +188,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("ttl", "timeout", "coalesce_timeout", "max_value_mb"):
             if getattr(self.caching, name) <= 0:
                 raise ConfigError(f"invalid value for [caching] {name}: must be more than 0")
+        if self.caching.backend == "redis" and not re.match(r"^(rediss?|unix)://", self.caching_redis.url):
+            raise ConfigError("invalid value for [caching.redis] url: must start with redis://, rediss:// or unix://")
         if self.caching.max_ttl < 0 or self.caching.backfill_tolerance < 0:
             raise ConfigError("invalid value for [caching] max_ttl, backfill_tolerance: must be 0 or more")
         if self.caching_memory.max_size_mb <= 0:

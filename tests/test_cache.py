@@ -23,7 +23,7 @@ from gateway.cache import codec
 from gateway.cache.keys import query_key, rounded_range
 from gateway.cache.service import x_cache
 from gateway.cache.store import CacheStats, MemoryStore
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.datasources.models import DataSource
 from gateway.frames import DataResponse, Field, Frame, encode_json, meta
 from gateway.gtime import TimeRange
@@ -198,6 +198,29 @@ async def test_errors_are_not_cached_and_the_request_header_follows_the_rule(aio
     assert x_cache(["HIT", "DISABLED"]) == "HIT" and x_cache(["DISABLED"]) == "DISABLED"
     assert x_cache(["HIT", "ERROR", "MISS"]) == "ERROR" and x_cache(["BYPASS", "BYPASS"]) == "BYPASS"
     assert x_cache([]) is None
+
+
+async def test_a_model_the_key_cannot_hold_and_a_failing_backend_are_answered_uncached(aiohttp_client, aiohttp_server,
+                                                                                       database_url):
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url))
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    odd = {**instant(), "huge": 2**70}  # JSON allows it; MessagePack cannot hold it
+    answers = [await post(client, {"queries": [odd], **BODY}) for _ in range(2)]
+    assert [answer.status for answer in answers] == [200, 200] and len(upstream.calls) == 2
+    assert [answer.headers["X-Cache"] for answer in answers] == ["MISS", "MISS"]
+    await add(client, "es", "graphite", url="http://127.0.0.1:9")  # served, but runs no queries
+    for _ in range(2):
+        response = await post(client, {"queries": [{"refId": "A", "datasource": {"uid": "es"}}], **BODY})
+        assert response.status == 400 and response.headers["X-Cache"] == "MISS"
+        assert (await response.json())["results"]["A"]["error"] == "Method not implemented"
+
+
+def test_a_redis_url_of_another_scheme_stops_the_boot():
+    with pytest.raises(ConfigError, match=r"\[caching.redis\] url"):
+        Config.from_env({"GF_CACHING_BACKEND": "redis", "GF_CACHING_REDIS_URL": "http://127.0.0.1:6379"})
+    with pytest.raises(ConfigError, match=r"\[caching\] backend"):
+        Config.from_env({"GF_CACHING_BACKEND": "memcached"})
 
 
 def test_keys_leave_out_volatile_fields_and_never_hold_secrets():

@@ -168,7 +168,7 @@ class CacheRun:
                 pass
         answers: dict[str, DataResponse] = {}
         try:
-            found = await cache.store.get_many(list(keys.values()))
+            found = await cache.store.get_many(list(keys.values())) if keys else []
         except StoreError:
             self._note(ERROR, len(queries))
             return await call(ctx, queries)
@@ -209,11 +209,15 @@ class CacheRun:
                     if granted and keys.get(query.ref_id) and query.ref_id not in errors:
                         locked.append(keys[query.ref_id])
                 leaders = running
+            # every part runs to its end (each is bounded) before a failure is raised, so none is left behind
             parts = await asyncio.gather(
                 self._lead(ctx, settings, leaders, keys, deltas, errors, call),
                 *(self._follow(ctx, query, flight, call) for query, flight in followers),
-                *(self._await_replica(ctx, query, keys[query.ref_id], call) for query in waiting))
+                *(self._await_replica(ctx, query, keys[query.ref_id], call) for query in waiting),
+                return_exceptions=True)
             for part in parts:
+                if isinstance(part, BaseException):
+                    raise part
                 results.update(part)
         finally:
             for query in leaders + waiting:
@@ -221,13 +225,13 @@ class CacheRun:
                 flight = cache._flights.pop(key, None) if key is not None else None
                 if flight is not None and not flight.done():
                     flight.set_result(None)  # a failed or cancelled leader: followers run themselves
+            for query in leaders:  # also when the call failed: it went to the data source
+                self._note(ERROR if query.ref_id in errors else MISS)
             if locked:
                 try:
                     await asyncio.gather(*(cache.store.unlock(key) for key in locked))
                 except StoreError:
                     pass  # the lock expires by itself
-        for query in leaders:
-            self._note(ERROR if query.ref_id in errors else MISS)
         return results
 
     async def _lock(self, query: DataQuery, key: str | None, errors: set[str]) -> bool:

@@ -22,6 +22,7 @@ log = logging.getLogger("gateway.cache")
 
 ENTRY_OVERHEAD = 96  # bytes counted per memory entry beyond key and value (dict slot, tuple, ints)
 RETRY_AFTER = 2.0  # seconds a failed Redis is left alone before it is tried again
+MAX_CONNECTIONS = 64  # Redis connections per worker
 
 
 class CacheStats(msgspec.Struct, kw_only=True):
@@ -124,8 +125,11 @@ class RedisStore:
     def __init__(self, url: str, prefix: str, timeout: float, secret_key: str) -> None:
         import redis.asyncio  # an optional extra: only needed with backend = redis
 
-        self._redis: Any = redis.asyncio.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, max_connections=256)
+        # a bounded pool that waits (up to the timeout) for a free connection rather than opening more
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout)
+        self._redis: Any = redis.asyncio.Redis.from_pool(pool)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, TimeoutError)
         self._prefix = prefix
         self._timeout = timeout
