@@ -288,10 +288,15 @@ async def test_prometheus_resources_are_cached_per_role_under_their_own_ttl(aioh
     assert viewer.status == 200 and viewer.headers["X-Cache"] == "MISS" and len(upstream.calls) == 3
     skipped = await client.get(path, headers={**ADMIN, "X-Cache-Skip": "1"})
     assert skipped.headers["X-Cache"] == "BYPASS" and len(upstream.calls) == 4
-    # queries keep their own TTL (1 ms here): the second one misses
+    # queries keep their own TTL (1 ms here): the second one misses; a panel's queryCachingTTL overrides it
     await post(client, {"queries": [instant()], **BODY})
     await asyncio.sleep(0.01)
     assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "MISS"
+    panel = {**instant(), "queryCachingTTL": 60000}
+    await asyncio.sleep(0.01)  # the last answer, kept for 1 ms, is gone
+    await post(client, {"queries": [panel], **BODY})
+    await asyncio.sleep(0.01)
+    assert (await post(client, {"queries": [panel], **BODY})).headers["X-Cache"] == "HIT"
 
 
 # -- coalescing --------------------------------------------------------------------------------------------------

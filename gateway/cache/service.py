@@ -101,6 +101,16 @@ class QueryCache:
         return answer, result
 
 
+def query_ttl(query: DataQuery, settings: CacheSettings, config: Config) -> float:
+    """Seconds one answer lives: the panel's `queryCachingTTL` (ms, Grafana's per-panel override) when set,
+    else the data source's; never more than [caching] max_ttl."""
+    panel = query.model.get("queryCachingTTL")
+    if isinstance(panel, int) and not isinstance(panel, bool) and panel > 0:
+        ttl = panel / 1000
+        return min(ttl, config.caching.max_ttl) if config.caching.max_ttl > 0 else ttl
+    return settings.query_ttl(config)
+
+
 def skipped(header: str | None) -> bool:
     """Whether an X-Cache-Skip request header bypasses the cache: present, and not empty or false."""
     return header is not None and header.strip().lower() not in ("", "false", "0")
@@ -262,8 +272,7 @@ class CacheRun:
         answers: dict[str, DataResponse] = {}
         for part in parts:
             answers.update(part)
-        ttl = settings.query_ttl(cache.config)
-        kept: list[tuple[str, bytes]] = []
+        kept: list[tuple[str, bytes, float]] = []
         for query in queries:
             key = keys.get(query.ref_id)
             answer = answers.get(query.ref_id)
@@ -277,9 +286,9 @@ class CacheRun:
             if flight is not None and not flight.done():
                 flight.set_result(value)
             if len(value) <= cache.max_value:
-                kept.append((key, value))
-        for (key, _), failed in zip(kept, await asyncio.gather(
-                *(self._set(key, value, ttl) for key, value in kept)), strict=True):
+                kept.append((key, value, query_ttl(query, settings, cache.config)))
+        for (key, _, _), failed in zip(kept, await asyncio.gather(
+                *(self._set(key, value, ttl) for key, value, ttl in kept)), strict=True):
             if failed:
                 errors.update(query.ref_id for query in queries if keys.get(query.ref_id) == key)
         return answers
