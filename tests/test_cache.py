@@ -336,6 +336,30 @@ async def test_two_gateways_sharing_redis_call_the_backend_once(aiohttp_client, 
         await raw.aclose()
 
 
+async def test_followers_on_another_replica_stop_waiting_when_the_leader_keeps_nothing(
+        aiohttp_client, aiohttp_server, database_url, prefix):
+    calls = []
+
+    async def failing(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        await asyncio.sleep(0.3)
+        return web.json_response({"status": "error", "errorType": "bad_data", "error": "no"}, status=400)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", failing)
+    upstream = await aiohttp_server(app)
+    config = redis_config(database_url, prefix, coalesce_timeout=10)
+    one = await start(aiohttp_client, aiohttp_server, config)
+    two = await start(aiohttp_client, aiohttp_server, config)
+    await add(one, "p", "prometheus", url=str(upstream.make_url("")).rstrip("/"))
+    began = time.monotonic()
+    responses = await asyncio.gather(post(one, {"queries": [instant()], **BODY}),
+                                     post(two, {"queries": [instant()], **BODY}))
+    assert [response.status for response in responses] == [400, 400]
+    assert time.monotonic() - began < 3  # not the 10 s coalesce_timeout: the released lock ends the wait
+    assert len(calls) == 2  # errors are not shared: each replica asked itself
+
+
 # -- a failing Redis ---------------------------------------------------------------------------------------------
 
 async def _silent_server() -> tuple[asyncio.Server, int]:
@@ -386,9 +410,11 @@ def _range(ref_id: str = "A", expr: str = "m") -> dict[str, Any]:
     return prom_query(ref_id, "p", expr, range=True, intervalMs=1000, maxDataPoints=100)
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_a_moving_window_fetches_only_the_new_steps_and_answers_what_a_full_fetch_answers(
-        aiohttp_client, aiohttp_server, database_url):
-    client = await start(aiohttp_client, aiohttp_server, caching(database_url))
+        aiohttp_client, aiohttp_server, database_url, prefix, backend):
+    config = caching(database_url) if backend == "memory" else redis_config(database_url, prefix)
+    client = await start(aiohttp_client, aiohttp_server, config)
     upstream = Counting()
     await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
     settled = (int(time.time()) - 3600) * 1000  # long past: every step may be kept

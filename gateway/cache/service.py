@@ -17,7 +17,7 @@ from gateway.backends.base import Context, DataQuery, ResourceRequest
 from gateway.cache import codec, delta
 from gateway.cache.keys import query_key, resource_key
 from gateway.cache.settings import CacheSettings, SettingsStore
-from gateway.cache.store import CacheStats, Store, StoreError
+from gateway.cache.store import CacheStats, RedisStore, Store, StoreError
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.frames import DataResponse
@@ -337,14 +337,18 @@ class CacheRun:
         return {query.ref_id: codec.decode(value)}
 
     async def _await_replica(self, ctx: Context, query: DataQuery, key: str, call: Call) -> dict[str, DataResponse]:
-        """Wait (bounded) for the replica holding the lock to store the answer; run it here when it does not."""
+        """Wait (bounded) for the replica holding the lock to store the answer; run it here when it does not
+        (its lock released without an answer: it failed, or its answer was too large or an error)."""
         cache = self._cache
+        store = cache.store
         deadline = time.monotonic() + cache.config.caching.coalesce_timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and isinstance(store, RedisStore):
             await asyncio.sleep(POLL)
             try:
-                value = await cache.store.get(key)
+                value, locked = await store.poll(key)
             except StoreError:
+                break
+            if value is None and not locked:
                 break
             if value is not None:
                 cache.stats.coalesced_waits += 1

@@ -184,6 +184,12 @@ class RedisStore:
         """Take a short-lived lock shared by every replica; False when another holds it."""
         return bool(await self._call("set", self._prefix + "lock:" + key, b"1", nx=True, px=max(int(ttl * 1000), 1)))
 
+    async def poll(self, key: str) -> tuple[bytes | None, bool]:
+        """The value of `key`, and whether its lock is still held (its leader still running), in one trip."""
+        name = self._prefix + key
+        value, lock = await self._call("mget", [name, self._prefix + "lock:" + key])
+        return (None if value is None else self._open(name, value)), lock is not None
+
     async def unlock(self, key: str) -> None:
         """Release the lock of `key`."""
         await self._call("delete", self._prefix + "lock:" + key)
