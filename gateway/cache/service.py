@@ -45,7 +45,7 @@ class QueryCache:
         self.settings = settings
         self.stats = stats
         self.max_value = int(config.caching.max_value_mb * (1 << 20))
-        self._flights: dict[str, asyncio.Future[bytes | None]] = {}
+        self.flights: dict[str, asyncio.Future[bytes | None]] = {}
 
     def request(self, skip: bool) -> CacheRun:
         """The cache as one request uses it (`skip`: the caller sent X-Cache-Skip)."""
@@ -199,13 +199,13 @@ class CacheRun:
         leaders: list[DataQuery] = []
         for query in queries:
             key = keys.get(query.ref_id)
-            flight = cache._flights.get(key) if key is not None else None
+            flight = cache.flights.get(key) if key is not None else None
             if flight is not None:
                 followers.append((query, flight))
             else:
                 leaders.append(query)
                 if key is not None:
-                    cache._flights[key] = asyncio.get_running_loop().create_future()
+                    cache.flights[key] = asyncio.get_running_loop().create_future()
         errors: set[str] = set()
         locked: list[str] = []
         waiting: list[DataQuery] = []
@@ -232,7 +232,7 @@ class CacheRun:
         finally:
             for query in leaders + waiting:
                 key = keys.get(query.ref_id)
-                flight = cache._flights.pop(key, None) if key is not None else None
+                flight = cache.flights.pop(key, None) if key is not None else None
                 if flight is not None and not flight.done():
                     flight.set_result(None)  # a failed or cancelled leader: followers run themselves
             for query in leaders:  # also when the call failed: it went to the data source
@@ -282,7 +282,7 @@ class CacheRun:
                 value = codec.encode(answer)
             except (TypeError, ValueError, OverflowError):
                 continue
-            flight = cache._flights.get(key)
+            flight = cache.flights.get(key)
             if flight is not None and not flight.done():
                 flight.set_result(value)
             if len(value) <= cache.max_value:
@@ -354,7 +354,7 @@ class CacheRun:
                 cache.stats.coalesced_waits += 1
                 self._note(HIT)
                 answer = codec.decode(value)
-                flight = cache._flights.get(key)
+                flight = cache.flights.get(key)
                 if flight is not None and not flight.done():
                     flight.set_result(value)
                 return {query.ref_id: answer}
