@@ -8,7 +8,7 @@ PIP_QUIET := -q --disable-pip-version-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_QUIET) -e '.[embedded,mysql,test,lint]'
+	$(PY) -m pip install $(PIP_QUIET) -e '.[embedded,mysql,cache,test,lint]'
 	touch $@
 
 # Clients that must not share an environment with each other (see tests/test_clients.py).
@@ -39,6 +39,7 @@ lint: install
 bench: install
 	$(PY) bench/proxy.py
 	$(PY) bench/query.py
+	$(PY) bench/cache.py
 
 clean:
 	rm -rf $(VENV) .venv-client .venv-schemathesis .pytest_cache .mypy_cache .ruff_cache

@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway.accounts import AccountStore
 from gateway.api import accounts as accounts_api
 from gateway.api import admin as admin_api
+from gateway.api import cache as cache_api
 from gateway.api import datasources as datasources_api
 from gateway.api import plugins as plugins_api
 from gateway.api import provisioning as provisioning_api
@@ -20,6 +21,9 @@ from gateway.api import query as query_api
 from gateway.api import system as system_api
 from gateway.api import tsdb as tsdb_api
 from gateway.auth import Authenticator, auth_middleware
+from gateway.cache.service import QueryCache
+from gateway.cache.settings import SettingsStore
+from gateway.cache.store import CacheStats, open_store
 from gateway.config import Config
 from gateway.crypto import SecretBox
 from gateway.datasources.cache import DataSourceCache
@@ -37,6 +41,7 @@ from gateway.keys import (
     db_key,
     draining_key,
     provisioner_key,
+    query_cache_key,
     service_key,
     store_key,
 )
@@ -108,6 +113,19 @@ async def _cache(app: web.Application) -> AsyncIterator[None]:
         await cache.stop()
 
 
+async def _query_cache(app: web.Application) -> AsyncIterator[None]:
+    """The query result cache ([caching]): its store, the data sources' cache settings, its counters."""
+    config = app[config_key]
+    stats = CacheStats()
+    store = open_store(config, stats)
+    settings = SettingsStore(app[db_key], config.caching.enabled_by_default)
+    app[query_cache_key] = cache = QueryCache(config, store, settings, stats)
+    try:
+        yield
+    finally:
+        await cache.close()
+
+
 # how every server of the app runs it (python -m gateway and the tests alike): a client that leaves cancels
 # its handler; request bodies are never decompressed (the proxy streams them as sent, and Grafana's JSON
 # API reads no compressed body either)
@@ -126,8 +144,10 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_clients)
     app.cleanup_ctx.append(_cache)
+    app.cleanup_ctx.append(_query_cache)
     system_api.add_routes(app)
     datasources_api.add_routes(app)
+    cache_api.add_routes(app)
     plugins_api.add_routes(app)
     accounts_api.add_routes(app)
     provisioning_api.add_routes(app)

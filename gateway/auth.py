@@ -52,6 +52,8 @@ _ADMIN = {
     "datasources:delete": {"datasources:*"},
     "datasources.permissions:read": {"datasources:*"},
     "datasources.permissions:write": {"datasources:*"},
+    "datasources.caching:read": {"datasources:*"},
+    "datasources.caching:write": {"datasources:*"},
     "serviceaccounts:read": {"serviceaccounts:*"},
     "serviceaccounts:create": {""},
     "serviceaccounts:write": {"serviceaccounts:*"},

@@ -83,6 +83,32 @@ class Gateway(msgspec.Struct, frozen=True, kw_only=True):
     proxy_idle_write_timeout: float = 60.0
 
 
+class Caching(msgspec.Struct, frozen=True, kw_only=True):
+    """[caching]: the query and resource cache (Grafana Enterprise's section, plus gateway's delta fetches)."""
+
+    backend: str = "memory"
+    enabled_by_default: bool = False
+    ttl: float = 60.0
+    max_ttl: float = 0.0
+    max_value_mb: float = 1.0
+    timeout: float = 0.25
+    coalesce_timeout: float = 5.0
+    delta: bool = True
+    backfill_tolerance: float = 30.0
+
+
+class CachingMemory(msgspec.Struct, frozen=True, kw_only=True):
+    max_size_mb: float = 25.0
+
+
+class CachingRedis(msgspec.Struct, frozen=True, kw_only=True):
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "gateway:"
+
+    def __repr__(self) -> str:
+        return f"CachingRedis(url=..., prefix={self.prefix!r})"
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     """The whole configuration; every section is a frozen Struct with Grafana's key names."""
 
@@ -95,10 +121,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     query: Query = Query()
     feature_toggles: FeatureToggles = FeatureToggles()
     gateway: Gateway = Gateway()
+    caching: Caching = Caching()
+    caching_memory: CachingMemory = CachingMemory()
+    caching_redis: CachingRedis = CachingRedis()
 
+    # INI section of each field, in field order
     SECTIONS: ClassVar[tuple[str, ...]] = (
         "server", "database", "security", "datasources", "paths", "dataproxy", "query", "feature_toggles",
-        "gateway",
+        "gateway", "caching", "caching.memory", "caching.redis",
     )
 
     @classmethod
@@ -112,8 +142,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(f"config file {str(path)!r} does not exist")
             parser.read_string(path.read_text())
         sections: dict[str, Any] = {}
-        for section in cls.SECTIONS:
-            struct_type = msgspec.structs.fields(cls)[cls.SECTIONS.index(section)].type
+        for section, section_field in zip(cls.SECTIONS, msgspec.structs.fields(cls), strict=True):
+            struct_type = section_field.type
             values: dict[str, Any] = {}
             for field in msgspec.structs.fields(struct_type):
                 key = field.encode_name
@@ -124,7 +154,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 if raw is None:
                     continue
                 values[key] = _parse_value(section, key, raw.strip(), field.type)
-            sections[section] = msgspec.convert(values, struct_type)
+            sections[section_field.name] = msgspec.convert(values, struct_type)
         config = cls(**sections)
         config.validate()
         return config
@@ -157,6 +187,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("invalid value for [query] concurrent_query_limit: must be at least 1")
         if self.query.max_queries < 1:
             raise ConfigError("invalid value for [query] max_queries: must be at least 1")
+        if self.caching.backend not in ("memory", "redis"):
+            raise ConfigError("invalid value for [caching] backend: must be memory or redis")
+        for name in ("ttl", "timeout", "coalesce_timeout", "max_value_mb"):
+            if getattr(self.caching, name) <= 0:
+                raise ConfigError(f"invalid value for [caching] {name}: must be more than 0")
+        if self.caching.backend == "redis" and not re.match(r"^(rediss?|unix)://", self.caching_redis.url):
+            raise ConfigError("invalid value for [caching.redis] url: must start with redis://, rediss:// or unix://")
+        if self.caching.max_ttl < 0 or self.caching.backfill_tolerance < 0:
+            raise ConfigError("invalid value for [caching] max_ttl, backfill_tolerance: must be 0 or more")
+        if self.caching_memory.max_size_mb <= 0:
+            raise ConfigError("invalid value for [caching.memory] max_size_mb: must be more than 0")
         if self.server.shutdown_timeout < 0:
             raise ConfigError("invalid value for [server] shutdown_timeout: must be 0 or more")
 

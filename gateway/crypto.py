@@ -11,6 +11,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 # PBKDF2 work for the key-encryption key; runs once per data key at start, never per request.
@@ -39,6 +40,13 @@ def unwrap_key(secret_key: str, key_id: str, salt: bytes, wrapped: bytes) -> byt
         return _kek(secret_key, salt).decrypt(wrapped[:12], wrapped[12:], key_id.encode())
     except InvalidTag:
         raise SecretKeyMismatch(key_id) from None
+
+
+def derive_key(secret_key: str, purpose: str) -> bytes:
+    """A 256-bit key for one purpose (the query cache's values in Redis), the same on every replica that
+    shares secret_key; HKDF, so no stored salt is needed and other purposes get unrelated keys."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"gateway", info=purpose.encode()).derive(
+        secret_key.encode())
 
 
 class SecretBox:

@@ -14,6 +14,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from gateway.accounts import AccountStore
     from gateway.auth import Authenticator, Identity
+    from gateway.cache.service import QueryCache
     from gateway.config import Config
     from gateway.crypto import SecretBox
     from gateway.datasources.cache import DataSourceCache
@@ -33,6 +34,7 @@ authenticator_key: web.AppKey[Authenticator] = web.AppKey("authenticator")
 cache_key: web.AppKey[DataSourceCache] = web.AppKey("cache")
 clients_key: web.AppKey[Clients] = web.AppKey("clients")
 provisioner_key: web.AppKey[Provisioner] = web.AppKey("provisioner")
+query_cache_key: web.AppKey[QueryCache] = web.AppKey("query_cache")
 # set from SIGTERM/SIGINT on: /api/health answers 503 while the worker drains (gateway.__main__)
 draining_key: web.AppKey[asyncio.Event] = web.AppKey("draining")
 

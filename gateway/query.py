@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from gateway.backends.base import Context, DataQuery, NotImplementedByBackend
+from gateway.cache.service import CacheRun
 from gateway.config import Config
 from gateway.datasources.cache import DataSourceCache
 from gateway.datasources.store import DataSourceStore
@@ -225,11 +226,11 @@ def _data_query(head: QueryHead, raw: msgspec.Raw, time_range: TimeRange) -> Dat
     )
 
 
-async def execute(work: Plan, config: Config) -> dict[str, DataResponse]:
-    """Run every group concurrently (at most [query] concurrent_query_limit at once), merge by refId, and
-    evaluate the expression pipeline over the answers when there is one."""
+async def execute(work: Plan, config: Config, cache: CacheRun | None = None) -> dict[str, DataResponse]:
+    """Run every group concurrently (at most [query] concurrent_query_limit at once), through the query cache
+    when one is given, merge by refId, and evaluate the expression pipeline over the answers when there is one."""
     limit = asyncio.Semaphore(config.query.concurrent_query_limit)
-    answers = await asyncio.gather(*(_run(group, limit) for group in work.groups))
+    answers = await asyncio.gather(*(_run(group, limit, cache) for group in work.groups))
     merged: dict[str, DataResponse] = {}
     for answer in answers:
         merged.update(answer)
@@ -238,8 +239,11 @@ async def execute(work: Plan, config: Config) -> dict[str, DataResponse]:
     return merged
 
 
-async def _run(group: Group, limit: asyncio.Semaphore) -> dict[str, DataResponse]:
-    """One data source's queries, within its timeout; a failure of the whole call answers each refId."""
+async def _run(group: Group, limit: asyncio.Semaphore, cache: CacheRun | None) -> dict[str, DataResponse]:
+    """One data source's queries, within its timeout; a failure of the whole call answers each refId.
+
+    The query cache sits here, around the backend call: the plan has resolved every data source and checked
+    the caller's permission to query it, so a cached answer only ever reaches a caller who may query it."""
     ctx = group.context
     backend = ctx.backend
     try:
@@ -249,6 +253,8 @@ async def _run(group: Group, limit: asyncio.Semaphore) -> dict[str, DataResponse
             timeout = backend.query_timeout(ctx)
             try:
                 async with asyncio.timeout(timeout):
+                    if cache is not None:
+                        return await cache.run(ctx, group.queries, backend.query)
                     return await backend.query(ctx, group.queries)
             except TimeoutError:
                 return _errors(group, f"the data source did not answer within {timeout:g}s", 504, "downstream")

@@ -98,8 +98,8 @@ async def clean_tables(request: pytest.FixtureRequest) -> None:
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(
-            "TRUNCATE data_source, api_token, service_account_permission, service_account, provisioning_state"
-            " RESTART IDENTITY CASCADE;"
+            "TRUNCATE data_source, data_source_cache, cache_generation, api_token, service_account_permission,"
+            " service_account, provisioning_state RESTART IDENTITY CASCADE;"
             " DELETE FROM org WHERE id <> 1;"
             " SELECT setval(pg_get_serial_sequence('org', 'id'), 1);"
             " SELECT setval(pg_get_serial_sequence('service_account', 'id'), 1);"

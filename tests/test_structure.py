@@ -16,7 +16,8 @@ PACKAGE = ROOT / "gateway"
 # below the handlers: none of these may see a web.Request (STYLE.md)
 LOWER = ("gateway.datasources", "gateway.backends", "gateway.http", "gateway.crypto", "gateway.sql",
          "gateway.config", "gateway.errors", "gateway.binding", "gateway.db", "gateway.accounts",
-         "gateway.embedded", "gateway.frames", "gateway.query", "gateway.expressions", "gateway.legacy")
+         "gateway.embedded", "gateway.frames", "gateway.query", "gateway.expressions", "gateway.legacy",
+         "gateway.cache")
 
 
 def _modules() -> dict[str, Path]:
@@ -96,7 +97,7 @@ RANKS = (
      "gateway.db"),
     ("gateway.http.client",),
     ("gateway.backends", "gateway.datasources.store", "gateway.accounts"),
-    ("gateway.datasources.cache", "gateway.datasources.service", "gateway.expressions"),
+    ("gateway.datasources.cache", "gateway.datasources.service", "gateway.expressions", "gateway.cache"),
     ("gateway.auth", "gateway.responses", "gateway.query", "gateway.legacy", "gateway.provisioning"),
     ("gateway.api",),
     ("gateway.app",),
@@ -114,11 +115,12 @@ def _rank(name: str) -> int:
 def test_imports_point_one_way():
     wrong = []
     for name in MODULES:
-        if name in ("gateway", "gateway.api", "gateway.backends", "gateway.datasources", "gateway.http"):
+        if name in ("gateway", "gateway.api", "gateway.backends", "gateway.cache", "gateway.datasources",
+                    "gateway.http"):
             continue  # empty package markers
         package = name if MODULES[name].name == "__init__.py" else name.rsplit(".", 1)[0]
         for target in _internal(name):
-            if target in ("gateway.api", "gateway.backends", "gateway.datasources", "gateway.http"):
+            if target in ("gateway.api", "gateway.backends", "gateway.cache", "gateway.datasources", "gateway.http"):
                 continue
             home = target.rsplit(".", 1)[0]
             if home != "gateway" and (package == home or package.startswith(home + ".")):

@@ -10,6 +10,7 @@ from multidict import CIMultiDict
 from gateway.auth import Identity, authorize, queryable
 from gateway.backends.base import Context, NotImplementedByBackend, ResourceRequest
 from gateway.binding import parse_id
+from gateway.cache.service import skipped
 from gateway.errors import (
     DataSourceNotFoundTraced,
     InvalidDataSourceURL,
@@ -20,7 +21,7 @@ from gateway.errors import (
 )
 from gateway.http.client import clean_path
 from gateway.http.headers import relayable_headers
-from gateway.keys import config_key
+from gateway.keys import config_key, query_cache_key
 from gateway.responses import json_response
 
 RESOURCE_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
@@ -67,7 +68,9 @@ async def call_datasource_resource(request: web.Request) -> web.Response:
         headers=tuple(request.headers.items()), body=await request.read(), role=identity.role,
     )
     try:
-        answer = await ctx.backend.call_resource(ctx, resource)
+        answer, cached = await request.app[query_cache_key].resource(
+            ctx, resource, skipped(request.headers.get("X-Cache-Skip")),
+            lambda: ctx.backend.call_resource(ctx, resource))
     except NotImplementedByBackend:
         raise MethodNotImplemented() from None
     # as Grafana's plugin client sends a plugin's answer on (spec-proxy §4.3)
@@ -76,6 +79,8 @@ async def call_datasource_resource(request: web.Request) -> web.Response:
     if "Content-Type" not in headers and answer.status != 204:
         headers["Content-Type"] = "application/json"
     headers["Content-Security-Policy"] = "sandbox"
+    if cached is not None:
+        headers["X-Cache"] = cached
     # Cache-Control: no-store comes from responses.default_headers, which spares answers asking to be cached
     return web.Response(status=answer.status, body=answer.body, headers=headers)
 

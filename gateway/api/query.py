@@ -9,8 +9,9 @@ from aiohttp import web
 
 from gateway.auth import authorize
 from gateway.binding import bind
+from gateway.cache.service import skipped
 from gateway.frames import DataResponse, encode_msgpack, json_chunks
-from gateway.keys import cache_key, config_key, store_key
+from gateway.keys import cache_key, config_key, query_cache_key, store_key
 from gateway.query import MetricRequest, Resolver, execute, failed, plan
 
 MULTI_STATUS_TOGGLE = "datasourceQueryMultiStatus"
@@ -26,18 +27,23 @@ async def query_metrics_v2(request: web.Request) -> web.StreamResponse:
     config = request.app[config_key]
     resolver = Resolver(identity.org_id, request.app[cache_key], request.app[store_key],
                         lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
-    results = await execute(await plan(body, resolver, config, datetime.now(UTC)), config)
+    work = await plan(body, resolver, config, datetime.now(UTC))
+    cache = request.app[query_cache_key].request(skip=skipped(request.headers.get("X-Cache-Skip")))
+    results = await execute(work, config, cache)
     status = 200
     if failed(results):
         status = 207 if MULTI_STATUS_TOGGLE in config.feature_toggles.enable else 400
-    return await write_results(request, results, status)
+    header = cache.header
+    return await write_results(request, results, status, {"X-Cache": header} if header else None)
 
 
-async def write_results(request: web.Request, results: dict[str, DataResponse], status: int) -> web.StreamResponse:
+async def write_results(request: web.Request, results: dict[str, DataResponse], status: int,
+                        headers: dict[str, str] | None = None) -> web.StreamResponse:
     """The QueryDataResponse: MessagePack when the client accepts only that, else JSON written frame by frame,
     gzipped when the client accepts gzip and the body is not small."""
     if "application/msgpack" in request.headers.get("Accept", "") and "json" not in request.headers.get("Accept", ""):
-        return web.Response(body=encode_msgpack(results), status=status, content_type="application/msgpack")
+        return web.Response(body=encode_msgpack(results), status=status, content_type="application/msgpack",
+                            headers=headers)
     chunks = json_chunks(results)
     first: list[bytes] = []
     size = 0
@@ -47,9 +53,9 @@ async def write_results(request: web.Request, results: dict[str, DataResponse], 
         if size > GZIP_AFTER:
             break
     else:
-        return web.Response(body=b"".join(first), status=status, content_type="application/json")
+        return web.Response(body=b"".join(first), status=status, content_type="application/json", headers=headers)
     gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
-    response = web.StreamResponse(status=status)
+    response = web.StreamResponse(status=status, headers=headers)
     response.content_type = "application/json"
     if gzip:
         response.headers["Content-Encoding"] = "gzip"

@@ -326,6 +326,22 @@ async def _run_query(ctx: Context, settings: Settings, query: DataQuery) -> Data
 
 async def _sub(ctx: Context, settings: Settings, prepared: Plan, kind: str) -> DataResponse:
     """One HTTP call of a query and its frames; transport failures become this refId's 502/504."""
+    answer = await _fetch(ctx, settings, prepared, kind)
+    return answer if isinstance(answer, DataResponse) else respond(answer.status, answer.body, prepared)
+
+
+async def fetch_range(ctx: Context, settings: Settings, prepared: Plan) -> tuple[DataResponse, int]:
+    """The range call of a prepared query (its start and end as given), read by the converter but not yet
+    finished for the query (`finish`), and the size of the answer's body; errors answered as `_sub` does."""
+    answer = await _fetch(ctx, settings, prepared, "range")
+    if isinstance(answer, DataResponse):
+        return answer, 0
+    if not 200 <= answer.status < 300:
+        return _status_error(answer.status, answer.body), len(answer.body)
+    return read_result(answer.body), len(answer.body)
+
+
+async def _fetch(ctx: Context, settings: Settings, prepared: Plan, kind: str) -> Answer | DataResponse:
     step = _seconds(prepared.step_ms)
     if kind == "instant":
         path, params = "api/v1/query", [("query", prepared.expr), ("time", _seconds(prepared.to_ms))]
@@ -335,12 +351,11 @@ async def _sub(ctx: Context, settings: Settings, prepared: Plan, kind: str) -> D
         if kind == "range":
             params.append(("step", step))
     try:
-        answer = await _call(ctx, settings, path, params)
+        return await _call(ctx, settings, path, params)
     except (UpstreamError, GatewayError) as failure:
         known = failure if isinstance(failure, GatewayError) else translate(failure) or UpstreamUnavailable()
         return DataResponse(error=known.message, status=known.status,
                             error_source="downstream" if known.status in (502, 504) else "")
-    return respond(answer.status, answer.body, prepared)
 
 
 def respond(status: int, body: bytes, prepared: Plan) -> DataResponse:
@@ -348,7 +363,11 @@ def respond(status: int, body: bytes, prepared: Plan) -> DataResponse:
     exemplar frames (whichever call brought them) sampled into one."""
     if not 200 <= status < 300:
         return _status_error(status, body)
-    result = read_result(body)
+    return finish(read_result(body), prepared)
+
+
+def finish(result: DataResponse, prepared: Plan) -> DataResponse:
+    """The second half of `respond`: the converter's result made the query's answer."""
     if result.error is not None:
         return result
     frames = result.frames or []
@@ -575,9 +594,14 @@ def _series_frame(series: _Series, result_type: str) -> Frame:
         [series.value] if series.value is not None else ()
     # itemgetter over the pairs, in C; zip(*pairs) would pass a million arguments
     times, values = map(_FIRST, pairs), list(map(_SECOND, pairs))
+    return series_frame(series.metric, _times(times), values, result_type)
+
+
+def series_frame(labels: dict[str, str] | None, times: list[int], values: list[float],
+                 result_type: str = "matrix") -> Frame:
+    """One matrix or vector series as the converter frames it (times in epoch ms)."""
     frame_type = "timeseries-multi" if result_type == "matrix" else "numeric-multi"
-    return Frame([Field("Time", "time.Time", _times(times)),
-                  Field("Value", "float64", values, labels=series.metric)],
+    return Frame([Field("Time", "time.Time", times), Field("Value", "float64", values, labels=labels)],
                  meta=meta(frame_type, (0, 1), custom={"resultType": result_type}))
 
 

@@ -1,0 +1,476 @@
+"""The query result cache: Grafana Enterprise's cache API, X-Cache, keys, coalescing within a worker and
+across two gateways sharing a real Redis, delta fetches for Prometheus range queries (against a stub and a
+real Prometheus), and a Redis that is down or hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.request
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+import pytest
+import redis.asyncio
+from aiohttp import web
+
+from gateway.app import SERVER_OPTIONS, create_app
+from gateway.backends.base import DataQuery
+from gateway.cache import codec
+from gateway.cache.keys import query_key, rounded_range
+from gateway.cache.service import x_cache
+from gateway.cache.store import CacheStats, MemoryStore
+from gateway.config import Config, ConfigError
+from gateway.datasources.models import DataSource
+from gateway.frames import DataResponse, Field, Frame, encode_json, meta
+from gateway.gtime import TimeRange
+from gateway.keys import query_cache_key
+from tests.conftest import ADMIN, make_config
+from tests.test_prometheus import prom_query, real_prometheus  # noqa: F401  (the fixture)
+from tests.test_query import add, post
+
+REDIS = "redis://127.0.0.1:6379/0"
+OPTIONS = {name: value for name, value in SERVER_OPTIONS.items() if name != "handler_cancellation"}
+
+
+async def start(aiohttp_client: Any, aiohttp_server: Any, config: Config) -> Any:
+    return await aiohttp_client(await aiohttp_server(create_app(config), **OPTIONS))
+
+
+def caching(database_url: str, **values: Any) -> Config:
+    """A config with the cache on for every data source, plus `values` for [caching]."""
+    redis_values = {key.removeprefix("redis_"): values.pop(key) for key in list(values) if key.startswith("redis_")}
+    sections: dict[str, dict[str, Any]] = {"caching": {"enabled_by_default": True, **values}}
+    if redis_values:
+        sections["caching_redis"] = redis_values
+    return make_config(database_url, **sections)
+
+
+def redis_config(database_url: str, prefix: str, **values: Any) -> Config:
+    return caching(database_url, backend="redis", redis_url=REDIS, redis_prefix=prefix, **values)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A Redis key prefix of this test alone."""
+    return f"gateway-test-{uuid.uuid4().hex[:12]}:"
+
+
+class Counting:
+    """A Prometheus-API upstream: range queries answer two series with value = time, after `delay`."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls: list[dict[str, str]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        form = dict(parse_qsl((await request.read()).decode())) or dict(request.query)
+        self.calls.append(form)
+        await asyncio.sleep(self.delay)
+        if request.path.endswith("query_range"):
+            start, end, step = float(form["start"]), float(form["end"]), float(form["step"])
+            times = [start + index * step for index in range(int((end - start) / step) + 1)]
+            result = [{"metric": {"__name__": "m", "i": str(i)}, "values": [[t, str(t * (i + 1))] for t in times]}
+                      for i in (0, 1)]
+            data: Any = {"resultType": "matrix", "result": result}
+        else:
+            data = {"resultType": "vector", "result": [{"metric": {"secret_label": "s3cr3t"}, "value": [1, "7"]}]}
+        return web.json_response({"status": "success", "data": data})
+
+
+async def counting(aiohttp_server: Any, upstream: Counting) -> str:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", upstream.handle)
+    server = await aiohttp_server(app)
+    return str(server.make_url("")).rstrip("/")
+
+
+def instant(ref_id: str = "A", uid: str = "p", expr: str = "up") -> dict[str, Any]:
+    return prom_query(ref_id, uid, expr, instant=True, range=False)
+
+
+BODY = {"from": "1700000000000", "to": "1700000060000"}
+
+
+# -- the cache API ---------------------------------------------------------------------------------------------
+
+async def test_a_data_source_caches_nothing_until_enabled_and_the_api_answers_grafanas_shapes(client, aiohttp_server):
+    upstream = Counting()
+    ds = await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    response = await client.get("/api/datasources/uid/p/cache", headers=ADMIN)
+    assert response.status == 200
+    assert await response.json() == {
+        "dataSourceID": ds["id"], "dataSourceUID": "p", "enabled": False, "ttlQueriesMs": 60000,
+        "ttlResourcesMs": 60000, "useDefaultTTL": True, "defaultTTLMs": 60000,
+        "created": "0001-01-01T00:00:00Z", "updated": "0001-01-01T00:00:00Z"}
+    for _ in range(2):
+        response = await post(client, {"queries": [instant()], **BODY})
+        assert response.status == 200 and response.headers["X-Cache"] == "DISABLED"
+    assert len(upstream.calls) == 2
+
+    response = await client.post("/api/datasources/p/cache/enable", headers=ADMIN)  # Grafana's documented path
+    body = await response.json()
+    assert response.status == 200 and body["message"] == "Data source cache enabled" and body["enabled"] is True
+    assert body["created"] != "0001-01-01T00:00:00Z"
+    headers = [(await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] for _ in range(2)]
+    assert headers == ["MISS", "HIT"] and len(upstream.calls) == 3
+
+    response = await client.post("/api/datasources/uid/p/cache", headers=ADMIN,
+                                 json={"enabled": True, "useDefaultTTL": False, "ttlQueriesMs": 5000,
+                                       "ttlResourcesMs": 7000})
+    body = await response.json()
+    assert (body["message"], body["ttlQueriesMs"], body["ttlResourcesMs"], body["useDefaultTTL"]) == (
+        "Data source cache updated", 5000, 7000, False)
+    response = await client.post("/api/datasources/uid/p/cache/disable", headers=ADMIN)
+    assert (await response.json())["enabled"] is False
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "DISABLED"
+    response = await client.post("/api/datasources/uid/p/cache", headers=ADMIN, json={"ttlQueriesMs": -1})
+    assert response.status == 400 and await response.json() == {"message": "bad request data", "traceID": ""}
+
+
+async def test_the_cache_api_needs_the_caching_actions_and_an_existing_data_source(client, make_token):
+    await add(client, "td")
+    viewer = await make_token("Viewer")
+    assert (await client.get("/api/datasources/uid/td/cache", headers=viewer)).status == 403
+    assert (await client.post("/api/datasources/uid/td/cache/enable", headers=viewer)).status == 403
+    reader = await make_token("None", permissions=(("datasources.caching:read", "datasources:uid:td"),))
+    assert (await client.get("/api/datasources/uid/td/cache", headers=reader)).status == 200
+    assert (await client.post("/api/datasources/uid/td/cache/clean", headers=reader)).status == 403
+    response = await client.get("/api/datasources/uid/nope/cache", headers=ADMIN)
+    assert response.status == 404 and (await response.json())["message"] == "Data source not found"
+
+
+# -- keys, hits and bypass --------------------------------------------------------------------------------------
+
+async def test_hits_bypass_version_changes_and_clean(aiohttp_client, aiohttp_server, database_url):
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url))
+    upstream = Counting()
+    ds = await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    first = await post(client, {"queries": [instant()], **BODY})
+    second = await post(client, {"queries": [instant()], **BODY})
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
+    assert await first.json() == await second.json() and len(upstream.calls) == 1
+    skipped = await post(client, {"queries": [instant()], **BODY}, {**ADMIN, "X-Cache-Skip": "true"})
+    assert skipped.headers["X-Cache"] == "BYPASS" and len(upstream.calls) == 2
+    # a different refId, expression or range is another key; the same range rounded to the interval is not
+    assert (await post(client, {"queries": [instant("B")], **BODY})).headers["X-Cache"] == "MISS"
+    later = {"from": "1700000000400", "to": "1700000060400"}  # within the same 1 s interval
+    assert (await post(client, {"queries": [instant()], **later})).headers["X-Cache"] == "HIT"
+    assert len(upstream.calls) == 3
+    # a saved data source (a new version) and a clean both start afresh
+    response = await client.put("/api/datasources/uid/p", headers=ADMIN,
+                                json={"name": "p", "type": "prometheus", "access": "proxy", "url": ds["url"]})
+    assert response.status == 200
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "MISS"
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "HIT"
+    assert (await client.post("/api/datasources/uid/p/cache/clean", headers=ADMIN)).status == 200
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "MISS"
+    stats = client.server.app[query_cache_key].stats
+    assert (stats.hit, stats.bypass) == (3, 1) and stats.miss == 4 and stats.bytes > 0
+
+
+async def test_a_caller_who_may_not_query_a_data_source_never_gets_its_cached_answer(
+        aiohttp_client, aiohttp_server, database_url, make_token):
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url))
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    assert (await post(client, {"queries": [instant()], **BODY})).status == 200
+    nobody = await make_token("None", permissions=(("datasources:query", "datasources:uid:other"),))
+    response = await post(client, {"queries": [instant()], **BODY}, nobody)
+    assert response.status == 403 and "X-Cache" not in response.headers
+    assert "s3cr3t" not in await response.text()
+
+
+async def test_errors_are_not_cached_and_the_request_header_follows_the_rule(aiohttp_client, aiohttp_server,
+                                                                             database_url):
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url))
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    await add(client, "dead", "prometheus", url="http://127.0.0.1:9")
+    body = {"queries": [instant(uid="dead")], **BODY}
+    assert [(await post(client, body)).headers["X-Cache"] for _ in range(2)] == ["MISS", "MISS"]
+    await post(client, {"queries": [instant()], **BODY})
+    mixed = await post(client, {"queries": [instant(), instant("B", "dead")], **BODY})
+    assert mixed.headers["X-Cache"] == "MISS"  # one part missed
+    assert x_cache(["HIT", "DISABLED"]) == "HIT" and x_cache(["DISABLED"]) == "DISABLED"
+    assert x_cache(["HIT", "ERROR", "MISS"]) == "ERROR" and x_cache(["BYPASS", "BYPASS"]) == "BYPASS"
+    assert x_cache([]) is None
+
+
+async def test_a_model_the_key_cannot_hold_and_a_failing_backend_are_answered_uncached(aiohttp_client, aiohttp_server,
+                                                                                       database_url):
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url))
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    odd = {**instant(), "huge": 2**70}  # JSON allows it; MessagePack cannot hold it
+    answers = [await post(client, {"queries": [odd], **BODY}) for _ in range(2)]
+    assert [answer.status for answer in answers] == [200, 200] and len(upstream.calls) == 2
+    assert [answer.headers["X-Cache"] for answer in answers] == ["MISS", "MISS"]
+    await add(client, "es", "graphite", url="http://127.0.0.1:9")  # served, but runs no queries
+    for _ in range(2):
+        response = await post(client, {"queries": [{"refId": "A", "datasource": {"uid": "es"}}], **BODY})
+        assert response.status == 400 and response.headers["X-Cache"] == "MISS"
+        assert (await response.json())["results"]["A"]["error"] == "Method not implemented"
+
+
+def test_a_redis_url_of_another_scheme_stops_the_boot():
+    with pytest.raises(ConfigError, match=r"\[caching.redis\] url"):
+        Config.from_env({"GF_CACHING_BACKEND": "redis", "GF_CACHING_REDIS_URL": "http://127.0.0.1:6379"})
+    with pytest.raises(ConfigError, match=r"\[caching\] backend"):
+        Config.from_env({"GF_CACHING_BACKEND": "memcached"})
+
+
+def test_keys_leave_out_volatile_fields_and_never_hold_secrets():
+    ds = DataSource(id=1, org_id=1, version=3, type="prometheus", name="p", access="proxy", url="u", user="",
+                    database="", basic_auth=True, basic_auth_user="u", with_credentials=False, is_default=False,
+                    json_data={}, secure_json_data={"basicAuthPassword": "sealed-secret"}, read_only=False, uid="p",
+                    api_version="", updated=None)  # type: ignore[arg-type]
+
+    def query(model: dict[str, Any], start: int = 1_700_000_000_000) -> DataQuery:
+        return DataQuery("A", "", 100, 15_000, TimeRange(start, start + 3_600_000), {"expr": "up", **model})
+
+    base = query_key(ds, 0, query({}))
+    assert query_key(ds, 0, query({"requestId": "x", "datasource": {"uid": "p"}})) == base
+    assert query_key(ds, 0, query({"expr": "down"})) != base
+    assert query_key(ds, 1, query({})) != base
+    assert query_key(msgspec.structs.replace(ds, version=4), 0, query({})) != base
+    assert query_key(ds, 0, query({}, 1_700_000_030_000)) != base  # a new 36 s interval
+    assert query_key(ds, 0, query({}, 1_700_000_010_000)) == base  # same interval (range / maxDataPoints)
+    assert rounded_range(query({}, 1_700_000_010_000)) == (1_699_999_992_000, 1_700_003_592_000)
+    assert "sealed-secret" not in base and len(base) == 66
+
+
+def test_answers_round_trip_through_the_codec():
+    frame = Frame([Field("time", "time.Time", [1, 2]), Field("v", "float64", [1.5, float("nan")], labels={"a": "b"},
+                                                             config={"unit": "s"}),
+                   Field("j", "json.RawMessage", [msgspec.Raw(b'{"x":1}'), msgspec.Raw(b"[]")])],
+                  name="n", meta=meta("timeseries-multi", (0, 1), custom={"resultType": "matrix"},
+                                      executed_query_string="q"))
+    answer = DataResponse([frame])
+    assert encode_json({"A": codec.decode(codec.encode(answer))}) == encode_json({"A": answer})
+
+
+async def test_the_memory_store_is_an_lru_bounded_by_bytes():
+    stats = CacheStats()
+    store = MemoryStore(1300, stats)  # four entries of 200 bytes (298 counted) fit
+    for index in range(4):
+        await store.set(f"k{index}", b"x" * 200, 60)
+    assert await store.get("k0") is not None  # now the most recently used
+    await store.set("k4", b"x" * 200, 60)
+    assert [await store.get(f"k{index}") is not None for index in range(5)] == [True, False, True, True, True]
+    assert stats.evictions == 1 and stats.bytes <= 1300
+    await store.set("big", b"x" * 2000, 60)  # larger than the whole store: not kept, nothing evicted
+    assert await store.get("big") is None and stats.evictions == 1
+    await store.set("short", b"x", 0.01)
+    await asyncio.sleep(0.03)
+    assert await store.get("short") is None
+
+
+async def test_prometheus_resources_are_cached_per_role_under_their_own_ttl(aiohttp_client, aiohttp_server,
+                                                                             database_url, make_token):
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url, enabled_by_default=False))
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    path = "/api/datasources/uid/p/resources/api/v1/labels?match[]=up"
+    response = await client.get(path, headers=ADMIN)
+    assert response.status == 200 and response.headers["X-Cache"] == "DISABLED"
+    response = await client.post("/api/datasources/uid/p/cache", headers=ADMIN,
+                                 json={"enabled": True, "useDefaultTTL": False, "ttlResourcesMs": 60000,
+                                       "ttlQueriesMs": 1})
+    assert response.status == 200
+    first, second = [await client.get(path, headers=ADMIN) for _ in range(2)]
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
+    assert await first.read() == await second.read() and len(upstream.calls) == 2
+    viewer = await client.get(path, headers=await make_token("Viewer"))  # another role: its own key
+    assert viewer.status == 200 and viewer.headers["X-Cache"] == "MISS" and len(upstream.calls) == 3
+    skipped = await client.get(path, headers={**ADMIN, "X-Cache-Skip": "1"})
+    assert skipped.headers["X-Cache"] == "BYPASS" and len(upstream.calls) == 4
+    # queries keep their own TTL (1 ms here): the second one misses; a panel's queryCachingTTL overrides it
+    await post(client, {"queries": [instant()], **BODY})
+    await asyncio.sleep(0.01)
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "MISS"
+    panel = {**instant(), "queryCachingTTL": 60000}
+    await asyncio.sleep(0.01)  # the last answer, kept for 1 ms, is gone
+    await post(client, {"queries": [panel], **BODY})
+    await asyncio.sleep(0.01)
+    assert (await post(client, {"queries": [panel], **BODY})).headers["X-Cache"] == "HIT"
+
+
+# -- coalescing --------------------------------------------------------------------------------------------------
+
+async def test_identical_queries_in_flight_share_one_backend_call(aiohttp_client, aiohttp_server, database_url):
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url))
+    upstream = Counting(delay=0.3)
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    responses = await asyncio.gather(*(post(client, {"queries": [instant()], **BODY}) for _ in range(5)))
+    assert all(response.status == 200 for response in responses)
+    bodies = [await response.json() for response in responses]
+    assert all(body == bodies[0] for body in bodies) and len(upstream.calls) == 1
+    assert sorted(response.headers["X-Cache"] for response in responses) == ["HIT"] * 4 + ["MISS"]
+    assert client.server.app[query_cache_key].stats.coalesced_waits == 4
+
+
+async def test_two_gateways_sharing_redis_call_the_backend_once(aiohttp_client, aiohttp_server, database_url, prefix):
+    config = redis_config(database_url, prefix)
+    one = await start(aiohttp_client, aiohttp_server, config)
+    two = await start(aiohttp_client, aiohttp_server, config)
+    upstream = Counting(delay=0.3)
+    await add(one, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    responses = await asyncio.gather(*(post(client, {"queries": [instant()], **BODY})
+                                       for client in (one, two, one, two)))
+    assert [response.status for response in responses] == [200] * 4 and len(upstream.calls) == 1
+    assert sorted(response.headers["X-Cache"] for response in responses) == ["HIT", "HIT", "HIT", "MISS"]
+    assert sum(client.server.app[query_cache_key].stats.coalesced_waits for client in (one, two)) == 3
+    later = await post(two, {"queries": [instant()], **BODY})
+    assert later.headers["X-Cache"] == "HIT" and len(upstream.calls) == 1
+    # values are sealed at rest: nothing of the answer is readable in Redis
+    raw = redis.asyncio.Redis.from_url(REDIS)
+    try:
+        names = [name async for name in raw.scan_iter(match=prefix + "*")]
+        values = [await raw.get(name) for name in names]
+        assert names and all(value is not None and b"s3cr3t" not in value for value in values)
+    finally:
+        await raw.aclose()
+
+
+async def test_followers_on_another_replica_stop_waiting_when_the_leader_keeps_nothing(
+        aiohttp_client, aiohttp_server, database_url, prefix):
+    calls = []
+
+    async def failing(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        await asyncio.sleep(0.3)
+        return web.json_response({"status": "error", "errorType": "bad_data", "error": "no"}, status=400)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", failing)
+    upstream = await aiohttp_server(app)
+    config = redis_config(database_url, prefix, coalesce_timeout=10)
+    one = await start(aiohttp_client, aiohttp_server, config)
+    two = await start(aiohttp_client, aiohttp_server, config)
+    await add(one, "p", "prometheus", url=str(upstream.make_url("")).rstrip("/"))
+    began = time.monotonic()
+    responses = await asyncio.gather(post(one, {"queries": [instant()], **BODY}),
+                                     post(two, {"queries": [instant()], **BODY}))
+    assert [response.status for response in responses] == [400, 400]
+    assert time.monotonic() - began < 3  # not the 10 s coalesce_timeout: the released lock ends the wait
+    assert len(calls) == 2  # errors are not shared: each replica asked itself
+
+
+# -- a failing Redis ---------------------------------------------------------------------------------------------
+
+async def _silent_server() -> tuple[asyncio.Server, int]:
+    """A loopback TCP server that accepts and never answers."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+async def test_a_redis_that_is_down_or_hangs_never_fails_a_query(aiohttp_client, aiohttp_server, database_url, kind,
+                                                                 caplog):
+    server = None
+    if kind == "silent":
+        server, port = await _silent_server()
+    else:
+        port = 9  # discard: nothing listens on loopback
+    try:
+        config = redis_config(database_url, "x:", timeout=0.2)
+        config = msgspec.structs.replace(config, caching_redis=msgspec.structs.replace(
+            config.caching_redis, url=f"redis://:hunter2@127.0.0.1:{port}/0"))
+        client = await start(aiohttp_client, aiohttp_server, config)
+        upstream = Counting()
+        await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+        for _ in range(3):
+            began = time.monotonic()
+            response = await post(client, {"queries": [instant()], **BODY})
+            assert response.status == 200 and response.headers["X-Cache"] == "ERROR"
+            assert time.monotonic() - began < 1.5
+            assert (await response.json())["results"]["A"]["frames"][0]["data"]["values"][1] == [7]
+        assert len(upstream.calls) == 3 and client.server.app[query_cache_key].stats.error == 3
+        lines = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
+        assert len(lines) == 1 and "Redis unavailable" in lines[0]  # one line per change of state
+        assert all("hunter2" not in record.getMessage() for record in caplog.records)
+    finally:
+        if server is not None:
+            server.close()
+
+
+# -- delta fetches -----------------------------------------------------------------------------------------------
+
+def _range(ref_id: str = "A", expr: str = "m") -> dict[str, Any]:
+    return prom_query(ref_id, "p", expr, range=True, intervalMs=1000, maxDataPoints=100)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_moving_window_fetches_only_the_new_steps_and_answers_what_a_full_fetch_answers(
+        aiohttp_client, aiohttp_server, database_url, prefix, backend):
+    config = caching(database_url) if backend == "memory" else redis_config(database_url, prefix)
+    client = await start(aiohttp_client, aiohttp_server, config)
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    settled = (int(time.time()) - 3600) * 1000  # long past: every step may be kept
+    for shift in (0, 10_000, 20_000, -5_000, 400_000):
+        window = {"from": str(settled - 300_000 + shift), "to": str(settled + shift)}
+        before = len(upstream.calls)
+        cached = await post(client, {"queries": [_range()], **window})
+        fetched = upstream.calls[before:]
+        full = await post(client, {"queries": [_range()], **window}, {**ADMIN, "X-Cache-Skip": "1"})
+        assert cached.status == full.status == 200
+        got, want = await cached.json(), await full.json()
+        assert got == want, shift
+        spans = [(float(call["start"]), float(call["end"])) for call in fetched]
+        if shift in (10_000, 20_000):  # the window moved on by 10 s: only the new steps are asked for
+            assert len(spans) == 1 and spans[0][1] - spans[0][0] <= 12
+        if shift == -5_000:  # moved back: only the older head
+            assert len(spans) == 1 and spans[0][1] - spans[0][0] <= 30
+    stats = client.server.app[query_cache_key].stats
+    assert stats.delta_saved_points > 5 * stats.delta_fetched_points / 10
+
+
+def _has_data_at(url: str, seconds_ago: float) -> bool:
+    at = time.time() - seconds_ago
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query?query=up&time={at}", timeout=2) as answer:
+            return bool(json.load(answer)["data"]["result"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+async def test_delta_answers_equal_uncached_answers_of_a_real_prometheus(aiohttp_client, aiohttp_server,
+                                                                         database_url, real_prometheus):  # noqa: F811
+    # windows end 8 s ago, so both answers see the same samples (a loaded machine ingests a scrape late); the
+    # tolerance of 5 s lets the whole window be kept, so each refresh asks only for its newest steps
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url, backfill_tolerance=5))
+    await add(client, "p", "prometheus", url=real_prometheus)
+    deadline = time.monotonic() + 40
+    while not _has_data_at(real_prometheus, 20) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)  # a Prometheus just started scrapes slowly: wait until it has run a while
+    queries = [_range("A", "up"), _range("B", "rate(prometheus_http_requests_total[10s])"),
+               _range("C", "sum by (handler) (prometheus_http_requests_total)"),
+               _range("D", "prometheus_tsdb_head_series")]
+    compared = 0
+    for _ in range(8):
+        now = int(time.time() * 1000) - 8_000
+        body = {"queries": queries, "from": str(now - 300_000), "to": str(now)}
+        skip = {**ADMIN, "X-Cache-Skip": "1"}
+        before = json.loads(await (await post(client, body, skip)).text())
+        cached = await post(client, body)
+        after = json.loads(await (await post(client, body, skip)).text())
+        assert cached.status == 200, await cached.text()
+        if before == after:  # no sample of the window arrived meanwhile: there is one right answer
+            assert json.loads(await cached.text()) == after
+            assert all(result["frames"][0]["data"]["values"] for result in after["results"].values())
+            compared += 1
+        await asyncio.sleep(1.1)
+    assert compared >= 4
+    stats = client.server.app[query_cache_key].stats
+    assert stats.delta_saved_points > stats.delta_fetched_points > 0
