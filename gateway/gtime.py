@@ -189,12 +189,16 @@ def _add(moment: datetime, count: int, unit: str) -> datetime:
         return moment + timedelta(weeks=count)
     if unit == "d":
         return moment + timedelta(days=count)
-    if unit == "b":  # business days: Monday to Friday
+    if unit == "b":  # business days: Monday to Friday, stepped day by day but whole weeks at once
         step = 1 if count >= 0 else -1
-        for _ in range(abs(count)):
-            moment += timedelta(days=step)
-            while moment.weekday() >= 5:
-                moment += timedelta(days=step)
+        remaining = abs(count)
+        if remaining:
+            moment = _business_day(moment, step)
+            remaining -= 1
+        weeks, remaining = divmod(remaining, 5)  # from a weekday, five business days are seven days
+        moment += timedelta(days=7 * step * weeks)
+        for _ in range(remaining):
+            moment = _business_day(moment, step)
         return moment
     if unit in ("h", "H"):
         return moment + timedelta(hours=count)
@@ -265,11 +269,18 @@ def parse_datemath(text: str, now: datetime, *, round_up: bool = False) -> datet
     return moment
 
 
+def _business_day(moment: datetime, step: int) -> datetime:
+    moment += timedelta(days=step)
+    while moment.weekday() >= 5:
+        moment += timedelta(days=step)
+    return moment
+
+
 def parse_time(text: str, now: datetime, *, round_up: bool = False) -> datetime:
     """One `from`/`to` string: epoch ms, a duration back from now, or datemath; anything else is epoch 0."""
     text = text.strip()
     if re.fullmatch(r"[+-]?[0-9]+", text):
-        value = int(text)
+        value = int(text) if len(text) <= 24 else 2**63  # longer is past int64 (and int() refuses 4300 digits)
         if -(2**63) <= value < 2**63:
             try:
                 return EPOCH + timedelta(milliseconds=value)

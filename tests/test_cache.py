@@ -230,7 +230,8 @@ def test_keys_leave_out_volatile_fields_and_never_hold_secrets():
                     api_version="", updated=None)  # type: ignore[arg-type]
 
     def query(model: dict[str, Any], start: int = 1_700_000_000_000) -> DataQuery:
-        return DataQuery("A", "", 100, 15_000, TimeRange(start, start + 3_600_000), {"expr": "up", **model})
+        return DataQuery("A", "", 100, 15_000, TimeRange(start, start + 3_600_000),
+                         msgspec.Raw(msgspec.json.encode({"expr": "up", **model})))
 
     base = query_key(ds, 0, query({}))
     assert query_key(ds, 0, query({"requestId": "x", "datasource": {"uid": "p"}})) == base

@@ -366,7 +366,7 @@ async def test_export_provisions_the_same_state_back(start, provisioning, db, da
     document = yaml.safe_load(out.read_text())
     assert document["apiVersion"] == 1 and "deleteDatasources" not in document
 
-    await db.execute("TRUNCATE data_source")
+    await db.execute("TRUNCATE data_source CASCADE")
     write(provisioning, "export.yaml", out.read_text())
     response = await client.post(RELOAD, headers=ADMIN)
     assert response.status == 200, await response.text()

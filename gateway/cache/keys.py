@@ -44,7 +44,8 @@ def query_key(ds: DataSource, generation: int, query: DataQuery, exact: tuple[in
     """The key of one query's answer; `exact` is the range the answer depends on when the backend aligns it
     itself (a Prometheus range query's step-aligned start and end), else the range is rounded."""
     return "q:" + digest(ds.org_id, generation, ds.uid, ds.type, ds.version, str(ds.updated), query.ref_id,
-                         query.query_type, query.max_data_points, query.interval_ms, normalised(query.model),
+                         query.query_type, query.max_data_points, query.interval_ms,
+                         normalised(msgspec.json.decode(query.model)),
                          exact or rounded_range(query))
 
 

@@ -104,7 +104,7 @@ class QueryCache:
 def query_ttl(query: DataQuery, settings: CacheSettings, config: Config) -> float:
     """Seconds one answer lives: the panel's `queryCachingTTL` (ms, Grafana's per-panel override) when set,
     else the data source's; never more than [caching] max_ttl."""
-    panel = query.model.get("queryCachingTTL")
+    panel = msgspec.json.decode(query.model).get("queryCachingTTL")
     if isinstance(panel, int) and not isinstance(panel, bool) and panel > 0:
         ttl = panel / 1000
         return min(ttl, config.caching.max_ttl) if config.caching.max_ttl > 0 else ttl

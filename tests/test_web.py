@@ -1,0 +1,65 @@
+"""The admin page: rendered server-side, behind the API's auth, driven in a real headless Chromium."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from playwright.async_api import async_playwright
+
+from tests.conftest import ADMIN
+from tests.test_query import add
+
+CHROMIUM = os.environ.get("GATEWAY_TEST_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+async def test_the_page_asks_the_browser_for_credentials(client):
+    response = await client.get("/admin")
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"].startswith('Basic realm="gateway"')
+    assert (await response.json())["message"] == "Unauthorized"
+
+
+async def test_a_form_posted_without_the_pages_token_is_refused(client):
+    await add(client, "td")
+    response = await client.post("/admin/query", data={"uid": "td", "query": "random_walk"}, headers=ADMIN)
+    assert response.status == 403
+    assert "CSRF" in (await response.json())["message"]
+
+
+async def test_names_are_escaped_and_no_secret_reaches_the_page(client):
+    await add(client, "esc", name="<script>alert(1)</script>", ds_type="prometheus", url="http://127.0.0.1:1",
+              basicAuth=True, basicAuthUser="u", secureJsonData={"basicAuthPassword": "page-secret-9137"})
+    response = await client.get("/admin", headers=ADMIN)
+    text = await response.text()
+    assert response.status == 200
+    assert "<script>alert(1)</script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert "page-secret-9137" not in text
+
+
+async def test_in_chromium_the_badges_show_health_and_the_query_form_draws_a_chart(client):
+    await add(client, "td", name="TestData")
+    await add(client, "dead", name="Dead Prometheus", ds_type="prometheus", url="http://127.0.0.1:1")
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            context = await browser.new_context(http_credentials={"username": "admin", "password": "admin"},
+                                                viewport={"width": 1200, "height": 900})
+            page = await context.new_page()
+            await page.goto(str(client.make_url("/admin")))
+            assert await page.locator('tr[data-uid="td"] .badge').get_attribute("data-status") == "OK"
+            assert await page.locator('tr[data-uid="dead"] .badge').get_attribute("data-status") == "ERROR"
+            await page.select_option("#uid", "td")
+            await page.fill("#text", "random_walk")
+            await page.click("button[type=submit]")
+            await page.wait_for_selector("svg.chart polyline.series")
+            points = await page.locator("svg.chart polyline.series").first.get_attribute("points")
+            assert points is not None and len(points.split()) > 10  # a drawn line, not a placeholder
+            assert await page.locator("table.frame tr").count() > 1
+            await page.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
+        finally:
+            await browser.close()
+    assert (ARTIFACTS / "admin.png").stat().st_size > 10_000
+
