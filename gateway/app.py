@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.accounts import AccountStore
 from gateway.api import accounts as accounts_api
 from gateway.api import datasources as datasources_api
+from gateway.api import metrics as metrics_api
 from gateway.api import plugins as plugins_api
 from gateway.api import proxy as proxy_api
 from gateway.api import query as query_api
@@ -33,9 +34,12 @@ from gateway.keys import (
     config_key,
     db_key,
     draining_key,
+    metrics_key,
+    peers_key,
     service_key,
     store_key,
 )
+from gateway.metrics import Metrics, metrics_middleware, request_id_header
 from gateway.responses import default_headers, error_middleware
 from gateway.sql import MIGRATION_LOCK, load_queries, migrate
 
@@ -58,6 +62,16 @@ async def open_database(config: Config) -> tuple[Database, SecretBox]:
     return db, box
 
 
+async def _metrics(app: web.Application) -> AsyncIterator[None]:
+    """The app's metrics, answering sibling workers' scrapes when there are any (first in, last out)."""
+    app[metrics_key] = metrics = Metrics(app[config_key], app.get(peers_key))
+    await metrics.start()
+    try:
+        yield
+    finally:
+        await metrics.stop()
+
+
 async def _database(app: web.Application) -> AsyncIterator[None]:
     """gateway's own Postgres (migrated), the unwrapped data keys, and the stores on top of them."""
     db, box = await open_database(app[config_key])
@@ -76,6 +90,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _clients(app: web.Application) -> AsyncIterator[None]:
     """What every data source client of this worker shares (closed after the cache closed its clients)."""
     app[clients_key] = clients = Clients(app[config_key])
+    if app[metrics_key].enabled:
+        clients.observer = app[metrics_key]
     try:
         yield
     finally:
@@ -102,11 +118,13 @@ def create_app(config: Config) -> web.Application:
     """The gateway application for `config` ([database] url must be set)."""
     app = web.Application(
         client_max_size=config.gateway.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
     )
     app[config_key] = config
     app[draining_key] = asyncio.Event()
     app.on_response_prepare.append(default_headers)
+    app.on_response_prepare.append(request_id_header)
+    app.cleanup_ctx.append(_metrics)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_clients)
     app.cleanup_ctx.append(_cache)
@@ -117,4 +135,5 @@ def create_app(config: Config) -> web.Application:
     proxy_api.add_routes(app)
     query_api.add_routes(app)
     tsdb_api.add_routes(app)
+    metrics_api.add_routes(app)
     return app

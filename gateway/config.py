@@ -68,6 +68,24 @@ class Query(msgspec.Struct, frozen=True, kw_only=True):
     max_queries: int = 1000
 
 
+class Metrics(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: bool = True
+    basic_auth_username: str = ""
+    basic_auth_password: str = ""
+
+    def __repr__(self) -> str:
+        return f"Metrics(enabled={self.enabled!r}, basic_auth_username={self.basic_auth_username!r}, ...)"
+
+
+class Log(msgspec.Struct, frozen=True, kw_only=True):
+    mode: str = "console"
+    level: str = "info"
+
+
+class LogConsole(msgspec.Struct, frozen=True, kw_only=True):
+    format: str = "console"
+
+
 class FeatureToggles(msgspec.Struct, frozen=True, kw_only=True):
     enable: tuple[str, ...] = ()
 
@@ -93,10 +111,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     query: Query = Query()
     feature_toggles: FeatureToggles = FeatureToggles()
     gateway: Gateway = Gateway()
+    metrics: Metrics = Metrics()
+    log: Log = Log()
+    log_console: LogConsole = LogConsole()
 
+    # INI section names, in field order ([log.console] is the field log_console)
     SECTIONS: ClassVar[tuple[str, ...]] = (
         "server", "database", "security", "datasources", "paths", "dataproxy", "query", "feature_toggles",
-        "gateway",
+        "gateway", "metrics", "log", "log.console",
     )
 
     @classmethod
@@ -110,8 +132,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(f"config file {str(path)!r} does not exist")
             parser.read_string(path.read_text())
         sections: dict[str, Any] = {}
-        for section in cls.SECTIONS:
-            struct_type = msgspec.structs.fields(cls)[cls.SECTIONS.index(section)].type
+        for section, section_field in zip(cls.SECTIONS, msgspec.structs.fields(cls), strict=True):
+            struct_type = section_field.type
             values: dict[str, Any] = {}
             for field in msgspec.structs.fields(struct_type):
                 key = field.encode_name
@@ -122,7 +144,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
                 if raw is None:
                     continue
                 values[key] = _parse_value(section, key, raw.strip(), field.type)
-            sections[section] = msgspec.convert(values, struct_type)
+            sections[section_field.name] = msgspec.convert(values, struct_type)
         config = cls(**sections)
         config.validate()
         return config
@@ -153,6 +175,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("invalid value for [query] concurrent_query_limit: must be at least 1")
         if self.query.max_queries < 1:
             raise ConfigError("invalid value for [query] max_queries: must be at least 1")
+        if self.log.level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"invalid value for [log] level: must be one of {', '.join(LOG_LEVELS)}")
+        if not set(self.log.mode.replace(",", " ").split()) <= {"console", "file"}:
+            raise ConfigError("invalid value for [log] mode: must be console (file is accepted and ignored)")
+        if self.log_console.format not in ("console", "text", "json"):
+            raise ConfigError("invalid value for [log.console] format: must be console, text or json")
         if self.server.shutdown_timeout < 0:
             raise ConfigError("invalid value for [server] shutdown_timeout: must be 0 or more")
 
@@ -168,6 +196,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     def worker_count(self) -> int:
         """Worker processes to start: [server] workers, or one per core when 0."""
         return self.server.workers or (os.cpu_count() or 1)
+
+
+# Grafana's [log] level names
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
 def _parser() -> configparser.ConfigParser:

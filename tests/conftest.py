@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import json
 import os
+import shutil
+import socket
+import subprocess
 import tempfile
+import time
+import urllib.parse
+import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -150,3 +158,67 @@ def prom(**overrides: Any) -> dict[str, Any]:
     body = {"name": "prom", "type": "prometheus", "access": "proxy", "url": "http://prom:9090"}
     body.update(overrides)
     return body
+
+
+# -- a real Prometheus --------------------------------------------------------------------------------------
+
+PROMETHEUS = "/usr/bin/prometheus"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prometheus_query(url: str, expr: str) -> list[dict[str, Any]]:
+    """The result vector of an instant query (empty when Prometheus does not answer)."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}),
+                                    timeout=2) as answer:
+            return list(json.load(answer)["data"]["result"])
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def _has_samples(url: str) -> bool:
+    result = prometheus_query(url, 'count_over_time(up{job="prometheus"}[1m])')
+    return bool(result) and float(result[0]["value"][1]) >= 3  # a few scrapes: ranges ending now hold some
+
+
+@contextlib.contextmanager
+def running_prometheus(targets: Sequence[str] = ()) -> Iterator[str]:
+    """/usr/bin/prometheus on a free loopback port scraping itself and `targets` (host:port, /metrics)
+    every second, once it has a few samples of itself."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    workdir = tempfile.mkdtemp(prefix="gateway-prometheus-")
+    config = os.path.join(workdir, "prometheus.yml")
+    with open(config, "w") as file:
+        file.write("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                   f"scrape_configs:\n  - job_name: prometheus\n    static_configs:\n"
+                   f"      - targets: ['127.0.0.1:{port}']\n")
+        if targets:
+            listed = ", ".join(f"'{target}'" for target in targets)
+            file.write(f"  - job_name: gateway\n    static_configs:\n      - targets: [{listed}]\n")
+    log = open(os.path.join(workdir, "log"), "wb")  # closed in the finally below
+    process = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={os.path.join(workdir, 'data')}",
+         f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while not _has_samples(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                raise RuntimeError("prometheus did not start: " + open(os.path.join(workdir, "log")).read()[-2000:])
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)

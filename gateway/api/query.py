@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.auth import authorize
 from gateway.binding import bind
 from gateway.frames import DataResponse, encode_msgpack, json_chunks
-from gateway.keys import cache_key, config_key, store_key
+from gateway.keys import cache_key, config_key, metrics_key, store_key
 from gateway.query import MetricRequest, Resolver, execute, failed, plan
 
 MULTI_STATUS_TOGGLE = "datasourceQueryMultiStatus"
@@ -26,7 +26,7 @@ async def query_metrics_v2(request: web.Request) -> web.StreamResponse:
     config = request.app[config_key]
     resolver = Resolver(identity.org_id, request.app[cache_key], request.app[store_key],
                         lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
-    results = await execute(await plan(body, resolver, config, datetime.now(UTC)), config)
+    results = await execute(await plan(body, resolver, config, datetime.now(UTC)), config, request.app[metrics_key])
     status = 200
     if failed(results):
         status = 207 if MULTI_STATUS_TOGGLE in config.feature_toggles.enable else 400
