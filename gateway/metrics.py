@@ -204,13 +204,15 @@ class Metrics:
         pattern = resource.canonical
         label = self._handlers.get(pattern)
         if label is None:
-            label = self._handlers[pattern] = re.sub(r"\{rest[^}]*\}", "*", re.sub(r"\{(\w+)\}", r":\1", pattern))
+            label = self._handlers[pattern] = re.sub(r"\{(\w+)\}", r":\1", re.sub(r"\{rest[^}]*\}", "*", pattern))
         return label
 
     # -- scraping -------------------------------------------------------------------------------------------
 
     def _local(self) -> list[Metric]:
-        return [*self.registry.collect(), *(metric for source in self.sources for metric in source())]
+        worker = Metric("gateway_workers", "Worker processes whose samples this scrape holds", "gauge")
+        worker.add_sample("gateway_workers", {}, 1.0)
+        return [*self.registry.collect(), worker, *(metric for source in self.sources for metric in source())]
 
     async def families(self) -> list[Metric]:
         """This worker's samples with every sibling worker's added."""

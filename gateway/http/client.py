@@ -251,6 +251,8 @@ class DataSourceClient:
             self._fail(method, started, error, True)
         if observer is not None:
             observer.end(self.ds, method, str(response.status), time.monotonic() - started, True)
+        if log.isEnabledFor(logging.DEBUG):
+            _debug(self.ds, method, path, response.status, started)
         return response
 
     def relayed(self, size: int) -> None:
@@ -287,6 +289,8 @@ class DataSourceClient:
         if observer is not None:
             observer.end(self.ds, method, str(answer.status), time.monotonic() - started, False)
             observer.body(self.ds, len(raw))
+        if log.isEnabledFor(logging.DEBUG):
+            _debug(self.ds, method, path, answer.status, started)
         return answer
 
     async def _send(self, method: str, target: str, headers: list[tuple[str, str]],
@@ -335,6 +339,14 @@ class DataSourceClient:
         """Close idle connections now and busy ones when their response is done."""
         if self.pool is not None:
             await self.pool.close()
+
+
+def _debug(ds: DataSource, method: str, path: str, status: int, started: float) -> None:
+    """A debug line per data source call: the path relative to the data source URL, never its query string
+    or headers (either may carry credentials)."""
+    log.debug("data source call", extra={"fields": {
+        "datasource_uid": ds.uid, "method": method, "path": "/" + path.lstrip("/"), "status": status,
+        "time_ms": round((time.monotonic() - started) * 1000, 3)}})
 
 
 _WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
