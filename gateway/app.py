@@ -39,7 +39,7 @@ from gateway.keys import (
     service_key,
     store_key,
 )
-from gateway.metrics import Metrics, metrics_middleware, request_id_header
+from gateway.metrics import Metrics, metrics_middleware, request_id_header, worker_state
 from gateway.responses import default_headers, error_middleware
 from gateway.sql import MIGRATION_LOCK, load_queries, migrate
 
@@ -101,6 +101,10 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
 async def _cache(app: web.Application) -> AsyncIterator[None]:
     """The data source cache, listening for changes from every replica."""
     app[cache_key] = cache = DataSourceCache(app[store_key], app[box_key], app[clients_key])
+    db_pool = app[db_key].pool
+    app[metrics_key].sources.append(lambda: worker_state(
+        cache.hits, cache.misses,
+        (client.pool for context in cache.contexts() if (client := context.opened_http) and client.pool), db_pool))
     await cache.start(app[config_key].database.url)
     try:
         yield

@@ -112,9 +112,6 @@ class Metrics:
         self.queue = Histogram(
             "gateway_query_queue_seconds", "Time a data source group waited for a [query] concurrent_query_limit slot",
             buckets=HTTP_BUCKETS, registry=registry)
-        self.cache_lookups = Counter(
-            "gateway_datasource_cache_lookups_total", "Data source cache lookups, by result (hit or miss)",
-            ["result"], registry=registry)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._handlers: dict[str, str] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -363,6 +360,30 @@ def stat_totals(counts: dict[str, int]) -> Metric:
     for plugin_id, count in sorted(counts.items()):
         metric.add_sample("grafana_stat_totals_datasource", {"plugin_id": plugin_id}, float(count))
     return metric
+
+
+def worker_state(hits: int, misses: int, pools: Iterable[Any], db_pool: Any) -> list[Metric]:
+    """This worker's state at scrape time: data source cache lookups, upstream and database connections."""
+    lookups = Metric("gateway_datasource_cache_lookups", "Data source lookups answered from memory (hit) or "
+                     "Postgres (miss)", "counter")
+    lookups.add_sample("gateway_datasource_cache_lookups_total", {"result": "hit"}, float(hits))
+    lookups.add_sample("gateway_datasource_cache_lookups_total", {"result": "miss"}, float(misses))
+    opened = idle = waiting = 0
+    for pool in pools:
+        opened += pool.open_connections
+        idle += pool.idle_connections
+        waiting += pool.waiting
+    upstream = Metric("gateway_upstream_connections", "Connections to data sources (HTTP), by state", "gauge")
+    upstream.add_sample("gateway_upstream_connections", {"state": "busy"}, float(max(opened - idle, 0)))
+    upstream.add_sample("gateway_upstream_connections", {"state": "idle"}, float(idle))
+    waits = Metric("gateway_upstream_waiting_requests", "Requests waiting for a connection to a data source "
+                   "([dataproxy] max_conns_per_host reached)", "gauge")
+    waits.add_sample("gateway_upstream_waiting_requests", {}, float(waiting))
+    database = Metric("gateway_db_connections", "Connections to gateway's own Postgres, by state", "gauge")
+    size, free = db_pool.get_size(), db_pool.get_idle_size()
+    database.add_sample("gateway_db_connections", {"state": "busy"}, float(size - free))
+    database.add_sample("gateway_db_connections", {"state": "idle"}, float(free))
+    return [lookups, upstream, waits, database]
 
 
 class _Fixed(Collector):

@@ -115,6 +115,12 @@ async def test_proxy_health_resources_and_query_traffic_shows_in_grafanas_metric
                  endpoint="proxy", status="error") == 1
     assert value(found, "gateway_query_fanout_width_count") == 1
     assert value(found, "gateway_query_queue_seconds_count") == 1
+    assert value(found, "gateway_datasource_cache_lookups_total", result="hit") >= 4
+    assert value(found, "gateway_datasource_cache_lookups_total", result="miss") >= 1
+    assert value(found, "gateway_upstream_connections", state="idle") >= 1
+    assert value(found, "gateway_upstream_connections", state="busy") == 0
+    assert value(found, "gateway_upstream_waiting_requests") == 0
+    assert value(found, "gateway_db_connections", state="idle") >= 1  # the scrape's own stat query used one
     assert not [name for name, _ in found if name.endswith("_created")]
 
 
