@@ -22,6 +22,7 @@ class Server(msgspec.Struct, frozen=True, kw_only=True):
     http_port: int = 3000
     workers: int = 0
     shutdown_timeout: float = 30.0
+    router_logging: bool = True
 
 
 class Database(msgspec.Struct, frozen=True, kw_only=True):

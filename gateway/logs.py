@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import random
 import re
 import sys
 import time
@@ -44,13 +44,15 @@ current: ContextVar[RequestContext | None] = ContextVar("gateway_request", defau
 def request_context(request_id: str | None, traceparent: str | None) -> RequestContext:
     """The context of a new request: its X-Request-Id if sane, else a new one; the trace of a valid incoming
     `traceparent` continued with a span of our own, else a new trace."""
-    rid = request_id if request_id is not None and _REQUEST_ID.fullmatch(request_id) else os.urandom(16).hex()
+    # ids need to be unique, not secret: the PRNG costs a fraction of os.urandom's system call per request
+    bits = random.getrandbits
+    rid = request_id if request_id is not None and _REQUEST_ID.fullmatch(request_id) else f"{bits(128):032x}"
     match = _TRACEPARENT.fullmatch(traceparent.strip().lower()) if traceparent else None
     if match is not None and match.group(1) != "0" * 32 and match.group(2) != "0" * 16:
         trace_id, flags = match.group(1), match.group(3)
     else:
-        trace_id, flags = os.urandom(16).hex(), "01"
-    return RequestContext(rid, trace_id, f"00-{trace_id}-{os.urandom(8).hex()}-{flags}")
+        trace_id, flags = f"{bits(128) or 1:032x}", "01"
+    return RequestContext(rid, trace_id, f"00-{trace_id}-{bits(64) or 1:016x}-{flags}")
 
 
 class _Context(logging.Filter):
@@ -73,9 +75,15 @@ def _fields(record: logging.LogRecord) -> list[tuple[str, Any]]:
     return fields
 
 
+_BARE = re.compile(r'[^\s"=\\]+')
+
+
 def _logfmt(value: Any) -> str:
+    """A logfmt value: bare when it can be, else quoted and escaped as JSON (control characters included)."""
+    if type(value) is int or type(value) is float:
+        return str(value)
     text = str(value)
-    if text and not re.search(r'[\s"=\\]', text) and text.isprintable():
+    if _BARE.fullmatch(text) and text.isprintable():
         return text
     return json.dumps(text, ensure_ascii=False)
 

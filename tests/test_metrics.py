@@ -324,3 +324,12 @@ async def test_a_real_prometheus_scrapes_samples_of_every_kind_of_traffic(client
         assert missing == []
         up = await asyncio.to_thread(prometheus_query, prometheus, 'up{job="gateway"}')
         assert up[0]["value"][1] == "1"
+
+
+async def test_without_router_logging_only_answers_other_than_200_and_304_are_logged(serve, caplog):
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    quiet = await serve(server={"router_logging": False})
+    assert (await quiet.get("/api/health")).status == 200
+    assert (await quiet.get("/api/datasources/uid/nope", headers=ADMIN)).status == 404
+    lines = [record.fields for record in caplog.records if record.name == "gateway.access"]
+    assert [(fields["path"], fields["status"]) for fields in lines] == [("/api/datasources/uid/nope", 404)]
