@@ -333,3 +333,19 @@ async def test_without_router_logging_only_answers_other_than_200_and_304_are_lo
     assert (await quiet.get("/api/datasources/uid/nope", headers=ADMIN)).status == 404
     lines = [record.fields for record in caplog.records if record.name == "gateway.access"]
     assert [(fields["path"], fields["status"]) for fields in lines] == [("/api/datasources/uid/nope", 404)]
+
+
+def test_log_and_metrics_settings_are_read_as_grafana_names_them():
+    from gateway.config import Config, ConfigError
+
+    config = Config.from_env({"GF_LOG_CONSOLE_FORMAT": "json", "GF_LOG_LEVEL": "DEBUG", "GF_METRICS_ENABLED": "false",
+                              "GF_METRICS_BASIC_AUTH_PASSWORD": "scrape-pw", "GF_SERVER_ROUTER_LOGGING": "false"})
+    assert config.log_console.format == "json" and config.log.level == "DEBUG"
+    assert not config.metrics.enabled and not config.server.router_logging
+    assert "scrape-pw" not in repr(config)
+    assert {"GF_LOG_CONSOLE_FORMAT", "GF_LOG_MODE", "GF_METRICS_BASIC_AUTH_USERNAME"} <= Config.env_names()
+    for env, key in (({"GF_LOG_CONSOLE_FORMAT": "xml"}, "[log.console] format"),
+                     ({"GF_LOG_LEVEL": "loud"}, "[log] level"), ({"GF_LOG_MODE": "syslog"}, "[log] mode")):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            Config.from_env(env)
+    assert Config.from_env({"GF_LOG_MODE": "console file"}).log.mode == "console file"  # Grafana's default
