@@ -349,3 +349,14 @@ def test_log_and_metrics_settings_are_read_as_grafana_names_them():
         with pytest.raises(ConfigError, match=re.escape(key)):
             Config.from_env(env)
     assert Config.from_env({"GF_LOG_MODE": "console file"}).log.mode == "console file"  # Grafana's default
+
+
+def test_the_whole_runs_log_is_kept_at_debug_level_for_the_secret_scan(secret_scan):
+    from tests.conftest import SecretScan
+
+    logging.getLogger("gateway.test").debug("scan sees debug records")
+    assert secret_scan.lines and "scan sees debug records" in secret_scan.lines[-1]
+    scan = SecretScan()
+    scan.add("token-abc-123", "short")
+    scan.emit(_record(path="/x", token="token-abc-123"))
+    assert list(scan.leaks()) == ["token-abc-123"] and scan.secrets == {"token-abc-123"}
