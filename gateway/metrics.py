@@ -43,6 +43,8 @@ SIZE_BUCKETS = tuple(float(128 << n) for n in range(14))  # 128 ... 1048576
 FANOUT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 PEER_TIMEOUT = 2.0
 PEER_LIMIT = 64 << 20
+# a method outside these is counted as OTHER: clients choose methods, and labels must stay bounded
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 PLUGIN_TARGET = "in_memory"  # Grafana's target of core plugins, which run in its own process as ours do
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -228,6 +230,8 @@ class Metrics:
 
     def end(self, ds: DataSource, method: str, outcome: str, seconds: float, streamed: bool) -> None:
         """A call to `ds` ended: `outcome` is the status (a response) or the error's class name."""
+        if method not in METHODS:
+            method = "OTHER"
         key = (ds.name, ds.type, method, outcome)
         children = self._children.get(key)
         if children is None:
@@ -281,6 +285,8 @@ class Metrics:
 
     def request(self, handler: str, status: int, method: str, seconds: float, proxied: bool) -> None:
         """One HTTP request served (grafana_http_request_duration_seconds, and the proxy's status counter)."""
+        if method not in METHODS:
+            method = "OTHER"
         key = ("http", handler, status, method)
         children = self._children.get(key)
         if children is None:

@@ -124,6 +124,17 @@ async def test_proxy_health_resources_and_query_traffic_shows_in_grafanas_metric
     assert not [name for name, _ in found if name.endswith("_created")]
 
 
+async def test_methods_outside_http_s_own_are_counted_as_other(client, aiohttp_server):
+    await add(client, "p", "generic-http", url=await upstream_url(aiohttp_server, Upstream()))
+    for method in ("PROPFIND", "MKCOL", "LOCK"):  # WebDAV: the parser knows them, the labels need not
+        response = await client.request(method, "/api/datasources/proxy/uid/p/api/v1/labels", headers=ADMIN)
+        assert response.status == 200
+    found = samples(await (await client.get("/metrics")).text())
+    assert value(found, "grafana_http_request_duration_seconds_count", method="OTHER") == 3
+    assert value(found, "grafana_datasource_request_total", method="other") == 3
+    assert not [labels for _, labels in found if ("method", "MKCOL") in labels or ("method", "mkcol") in labels]
+
+
 async def test_datasource_stats_give_the_admin_page_calls_errors_and_p95(client, aiohttp_server):
     from gateway.keys import metrics_key
 
