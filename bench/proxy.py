@@ -14,6 +14,8 @@ and gateway's added latency over nginx-proxy), 1 MiB bodies (wrk -t2 -c16: req/s
     .venv/bin/python bench/proxy.py --quick          # smoke test: 3 s runs, 256 MiB stream
     .venv/bin/python bench/proxy.py --rounds 3       # each scenario 3 times, interleaved; medians (less noise)
     .venv/bin/python bench/proxy.py --markdown bench.md --workers 2 --database-url postgresql://...
+    .venv/bin/python bench/proxy.py --metrics off    # gateway with [metrics] enabled = false (default: on);
+                                                     # run off then on back to back for the metrics' cost
 
 Needs nginx, wrk and curl (installed with apt-get when missing and running as root) and a PostgreSQL:
 --database-url, else GATEWAY_TEST_DATABASE_URL, else 127.0.0.1:5432 if it answers, else an embedded one.
@@ -745,6 +747,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat each scenario's (direct, nginx-proxy, gateway) sequence; report medians")
+    parser.add_argument("--metrics", choices=("on", "off"), default="on",
+                        help="gateway's [metrics] enabled (default on: the instrumented hot path is measured)")
     args = parser.parse_args(argv)
     if args.seconds is None:
         args.seconds = 3.0 if args.quick else 10.0
@@ -762,6 +766,7 @@ def start_gateway(bench: Bench, database_url: str, port: int) -> Service:
         "GF_SERVER_WORKERS": str(bench.args.workers),
         "GF_SERVER_SHUTDOWN_TIMEOUT": "5",
         "GF_PATHS_DATA": str(bench.tmp / "gateway-data"),
+        "GF_METRICS_ENABLED": "true" if bench.args.metrics == "on" else "false",
     }
     service = start("gateway", [sys.executable, "-m", "gateway"], bench.tmp / "gateway.log", env=env, cwd=ROOT)
 
@@ -867,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- machine: {os.cpu_count()} cores, {platform.system()} {platform.release()};"
             f" load average before the run {load_before}, after {loadavg()}",
             f"- gateway workers: {args.workers} (nginx worker_processes: {args.workers} each);"
-            f" gateway at {git_commit()}",
+            f" gateway at {git_commit()}, metrics {args.metrics}",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in tool_versions.items()),
             f"- wrk runs of {args.seconds:g} s, back to back per scenario (direct, nginx-proxy, gateway)"
             + (f", {args.rounds} rounds of that, medians shown" if args.rounds > 1 else "") + ";"

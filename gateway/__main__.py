@@ -10,9 +10,11 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -32,7 +34,8 @@ from gateway.datasources.store import DataSourceStore
 from gateway.db import DatabaseUnreachable
 from gateway.embedded import start_embedded_postgres
 from gateway.errors import DatabaseUnavailable, ProvisioningFailed
-from gateway.keys import draining_key
+from gateway.keys import draining_key, peers_key
+from gateway.logs import configure as configure_logging
 from gateway.provisioning import export
 
 log = logging.getLogger("gateway")
@@ -99,19 +102,21 @@ class _NoRequestEchoes(logging.Filter):
         return True
 
 
-def _serve_worker(config: Config, sock: socket.socket | None) -> None:
+def _serve_worker(config: Config, sock: socket.socket | None, peers: str | None = None) -> None:
     _retain_freed_memory()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(config)
     logging.getLogger("aiohttp.server").addFilter(_NoRequestEchoes())
     with asyncio.Runner(loop_factory=_new_loop) as runner:
-        runner.run(_serve(config, sock))
+        runner.run(_serve(config, sock, peers))
 
 
-async def _serve(config: Config, sock: socket.socket | None) -> None:
+async def _serve(config: Config, sock: socket.socket | None, peers: str | None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and stop within [server] shutdown_timeout (+ the margin)."""
     loop = asyncio.get_running_loop()
     budget = max(config.server.shutdown_timeout, 0.0)
     app = create_app(config)
+    if peers is not None:
+        app[peers_key] = peers
     app.on_response_prepare.append(_close_while_draining)
     signalled: asyncio.Future[float] = loop.create_future()  # loop.time() of the first signal
 
@@ -210,10 +215,13 @@ def serve(config: Config) -> None:
     sock.bind((host, config.server.http_port))
     sock.listen(1024)
     sock.set_inheritable(True)
+    # the workers answer each other's metrics here, so one scrape has them all (gateway.metrics); private
+    # to this user (mkdtemp makes it 0700), and removed with every socket in it when the workers are gone
+    peers = tempfile.mkdtemp(prefix="gateway-metrics-")
     context = multiprocessing.get_context("fork")
 
     def start() -> BaseProcess:
-        process = context.Process(target=_serve_worker, args=(config, sock), daemon=False)
+        process = context.Process(target=_serve_worker, args=(config, sock, peers), daemon=False)
         process.start()
         return process
 
@@ -227,6 +235,7 @@ def serve(config: Config) -> None:
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         sock.close()
+        shutil.rmtree(peers, ignore_errors=True)
     if code:
         sys.exit(code)
 
@@ -433,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"configuration is valid: {config.server.http_addr or '*'}:{config.server.http_port}")
             return
         config = _config(args)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        configure_logging(config)
         if args.command in (None, "serve"):
             asyncio.run(_migrate(config))  # once before the workers start, failing fast with one clear line
             serve(config)

@@ -14,6 +14,7 @@ from gateway.api import accounts as accounts_api
 from gateway.api import admin as admin_api
 from gateway.api import cache as cache_api
 from gateway.api import datasources as datasources_api
+from gateway.api import metrics as metrics_api
 from gateway.api import plugins as plugins_api
 from gateway.api import provisioning as provisioning_api
 from gateway.api import proxy as proxy_api
@@ -40,11 +41,14 @@ from gateway.keys import (
     config_key,
     db_key,
     draining_key,
+    metrics_key,
+    peers_key,
     provisioner_key,
     query_cache_key,
     service_key,
     store_key,
 )
+from gateway.metrics import Metrics, metrics_middleware, request_id_header, worker_state
 from gateway.provisioning import Provisioner
 from gateway.responses import default_headers, error_middleware
 from gateway.sql import MIGRATION_LOCK, load_queries, migrate
@@ -78,6 +82,16 @@ async def open_database(config: Config, *, provision: bool = True) -> tuple[Data
     return db, box
 
 
+async def _metrics(app: web.Application) -> AsyncIterator[None]:
+    """The app's metrics, answering sibling workers' scrapes when there are any (first in, last out)."""
+    app[metrics_key] = metrics = Metrics(app[config_key], app.get(peers_key))
+    await metrics.start()
+    try:
+        yield
+    finally:
+        await metrics.stop()
+
+
 async def _database(app: web.Application) -> AsyncIterator[None]:
     """gateway's own Postgres (migrated), the unwrapped data keys, and the stores on top of them."""
     db, box = await open_database(app[config_key])
@@ -97,6 +111,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _clients(app: web.Application) -> AsyncIterator[None]:
     """What every data source client of this worker shares (closed after the cache closed its clients)."""
     app[clients_key] = clients = Clients(app[config_key])
+    if app[metrics_key].enabled:
+        clients.observer = app[metrics_key]
     try:
         yield
     finally:
@@ -106,6 +122,10 @@ async def _clients(app: web.Application) -> AsyncIterator[None]:
 async def _cache(app: web.Application) -> AsyncIterator[None]:
     """The data source cache, listening for changes from every replica."""
     app[cache_key] = cache = DataSourceCache(app[store_key], app[box_key], app[clients_key])
+    db_pool = app[db_key].pool
+    app[metrics_key].sources.append(lambda: worker_state(
+        cache.hits, cache.misses,
+        (client.pool for context in cache.contexts() if (client := context.opened_http) and client.pool), db_pool))
     await cache.start(app[config_key].database.url)
     try:
         yield
@@ -136,11 +156,13 @@ def create_app(config: Config) -> web.Application:
     """The gateway application for `config` ([database] url must be set)."""
     app = web.Application(
         client_max_size=config.gateway.max_body_bytes,
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[metrics_middleware, error_middleware, auth_middleware],
     )
     app[config_key] = config
     app[draining_key] = asyncio.Event()
     app.on_response_prepare.append(default_headers)
+    app.on_response_prepare.append(request_id_header)
+    app.cleanup_ctx.append(_metrics)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_clients)
     app.cleanup_ctx.append(_cache)
@@ -155,4 +177,5 @@ def create_app(config: Config) -> web.Application:
     query_api.add_routes(app)
     tsdb_api.add_routes(app)
     admin_api.add_routes(app)
+    metrics_api.add_routes(app)
     return app

@@ -22,6 +22,7 @@ class Server(msgspec.Struct, frozen=True, kw_only=True):
     http_port: int = 3000
     workers: int = 0
     shutdown_timeout: float = 30.0
+    router_logging: bool = True
 
 
 class Database(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,6 +69,24 @@ class DataProxy(msgspec.Struct, frozen=True, kw_only=True):
 class Query(msgspec.Struct, frozen=True, kw_only=True):
     concurrent_query_limit: int = 256
     max_queries: int = 1000
+
+
+class Metrics(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: bool = True
+    basic_auth_username: str = ""
+    basic_auth_password: str = ""
+
+    def __repr__(self) -> str:
+        return f"Metrics(enabled={self.enabled!r}, basic_auth_username={self.basic_auth_username!r}, ...)"
+
+
+class Log(msgspec.Struct, frozen=True, kw_only=True):
+    mode: str = "console"
+    level: str = "info"
+
+
+class LogConsole(msgspec.Struct, frozen=True, kw_only=True):
+    format: str = "console"
 
 
 class FeatureToggles(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,11 +143,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     caching: Caching = Caching()
     caching_memory: CachingMemory = CachingMemory()
     caching_redis: CachingRedis = CachingRedis()
+    metrics: Metrics = Metrics()
+    log: Log = Log()
+    log_console: LogConsole = LogConsole()
 
-    # INI section of each field, in field order
+    # INI section names, in field order ([log.console] is the field log_console)
     SECTIONS: ClassVar[tuple[str, ...]] = (
         "server", "database", "security", "datasources", "paths", "dataproxy", "query", "feature_toggles",
-        "gateway", "caching", "caching.memory", "caching.redis",
+        "gateway", "caching", "caching.memory", "caching.redis", "metrics", "log", "log.console",
     )
 
     @classmethod
@@ -198,6 +220,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("invalid value for [caching] max_ttl, backfill_tolerance: must be 0 or more")
         if self.caching_memory.max_size_mb <= 0:
             raise ConfigError("invalid value for [caching.memory] max_size_mb: must be more than 0")
+        if self.log.level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"invalid value for [log] level: must be one of {', '.join(LOG_LEVELS)}")
+        if not set(self.log.mode.replace(",", " ").split()) <= {"console", "file"}:
+            raise ConfigError("invalid value for [log] mode: must be console (file is accepted and ignored)")
+        if self.log_console.format not in ("console", "text", "json"):
+            raise ConfigError("invalid value for [log.console] format: must be console, text or json")
         if self.server.shutdown_timeout < 0:
             raise ConfigError("invalid value for [server] shutdown_timeout: must be 0 or more")
 
@@ -213,6 +241,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     def worker_count(self) -> int:
         """Worker processes to start: [server] workers, or one per core when 0."""
         return self.server.workers or (os.cpu_count() or 1)
+
+
+# Grafana's [log] level names
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
 
 def _parser() -> configparser.ConfigParser:

@@ -72,6 +72,16 @@ class NotFound(GatewayError):
     status, message = 404, "Not found"
 
 
+class MetricsUnauthorized(GatewayError):
+    """401 from /metrics when [metrics] basic auth is set and the request does not carry it (Grafana writes
+    the status alone; the challenge header lets curl and browsers ask)."""
+
+    status, message = 401, "Unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__(headers={"WWW-Authenticate": 'Basic realm="metrics"'})
+
+
 class MethodNotAllowed(GatewayError):
     """405 with the Allow header listing what the route takes."""
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from gateway.datasources.store import DataSourceStore
     from gateway.db import Database
     from gateway.http.client import Clients
+    from gateway.metrics import Metrics
     from gateway.provisioning import Provisioner
 
 config_key: web.AppKey[Config] = web.AppKey("config")
@@ -35,7 +36,11 @@ cache_key: web.AppKey[DataSourceCache] = web.AppKey("cache")
 clients_key: web.AppKey[Clients] = web.AppKey("clients")
 provisioner_key: web.AppKey[Provisioner] = web.AppKey("provisioner")
 query_cache_key: web.AppKey[QueryCache] = web.AppKey("query_cache")
+metrics_key: web.AppKey[Metrics] = web.AppKey("metrics")
+# with [server] workers > 1: the private directory where the workers answer each other's metrics scrapes
+peers_key: web.AppKey[str] = web.AppKey("metrics_peers")
 # set from SIGTERM/SIGINT on: /api/health answers 503 while the worker drains (gateway.__main__)
 draining_key: web.AppKey[asyncio.Event] = web.AppKey("draining")
 
 identity_key: web.RequestKey[Identity] = web.RequestKey("identity")
+request_id_key: web.RequestKey[str] = web.RequestKey("request_id")

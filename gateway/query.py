@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -45,6 +46,7 @@ from gateway.errors import (
 from gateway.expressions import BuildError, Pipeline, Query, build, data_query
 from gateway.frames import DataResponse
 from gateway.gtime import TimeRange, parse_range
+from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.query")
 
@@ -226,11 +228,17 @@ def _data_query(head: QueryHead, raw: msgspec.Raw, time_range: TimeRange) -> Dat
     )
 
 
-async def execute(work: Plan, config: Config, cache: CacheRun | None = None) -> dict[str, DataResponse]:
+async def execute(work: Plan, config: Config, cache: CacheRun | None = None,
+                  metrics: Metrics | None = None) -> dict[str, DataResponse]:
     """Run every group concurrently (at most [query] concurrent_query_limit at once), through the query cache
-    when one is given, merge by refId, and evaluate the expression pipeline over the answers when there is one."""
+    when one is given, merge by refId, and evaluate the expression pipeline over the answers when there is one;
+    `metrics` sees each group's call."""
     limit = asyncio.Semaphore(config.query.concurrent_query_limit)
-    answers = await asyncio.gather(*(_run(group, limit, cache) for group in work.groups))
+    if metrics is not None and not metrics.enabled:
+        metrics = None
+    if metrics is not None:
+        metrics.fanout.observe(len(work.groups))
+    answers = await asyncio.gather(*(_observed(group, limit, cache, metrics) for group in work.groups))
     merged: dict[str, DataResponse] = {}
     for answer in answers:
         merged.update(answer)
@@ -239,7 +247,29 @@ async def execute(work: Plan, config: Config, cache: CacheRun | None = None) -> 
     return merged
 
 
-async def _run(group: Group, limit: asyncio.Semaphore, cache: CacheRun | None) -> dict[str, DataResponse]:
+async def _observed(group: Group, limit: asyncio.Semaphore, cache: CacheRun | None,
+                    metrics: Metrics | None) -> dict[str, DataResponse]:
+    """_run, reported as Grafana's queryData plugin call (status ok unless a refId failed)."""
+    if metrics is None:
+        return await _run(group, limit, cache, None)
+    started = time.perf_counter()
+    ds = group.context.ds
+    plugin = group.context.backend.plugin
+    plugin_id = plugin.id if plugin is not None else ds.type
+    try:
+        answer = await _run(group, limit, cache, metrics)
+    except asyncio.CancelledError:
+        metrics.plugin(ds, plugin_id, "queryData", "cancelled", False, time.perf_counter() - started)
+        raise
+    failures = [response for response in answer.values() if response.error is not None]
+    downstream = any(response.error_source == "downstream" for response in failures)
+    metrics.plugin(ds, plugin_id, "queryData", "error" if failures else "ok", downstream,
+                   time.perf_counter() - started)
+    return answer
+
+
+async def _run(group: Group, limit: asyncio.Semaphore, cache: CacheRun | None,
+               metrics: Metrics | None) -> dict[str, DataResponse]:
     """One data source's queries, within its timeout; a failure of the whole call answers each refId.
 
     The query cache sits here, around the backend call: the plan has resolved every data source and checked
@@ -249,7 +279,10 @@ async def _run(group: Group, limit: asyncio.Semaphore, cache: CacheRun | None) -
     try:
         if not backend.served:
             raise PluginNotRegistered()
+        waiting = time.perf_counter()
         async with limit:
+            if metrics is not None:
+                metrics.queue.observe(time.perf_counter() - waiting)
             timeout = backend.query_timeout(ctx)
             try:
                 async with asyncio.timeout(timeout):

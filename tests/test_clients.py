@@ -27,15 +27,18 @@ def _tool(venv: str, name: str) -> str:
 
 
 @pytest.fixture
-def gateway_url(database_url: str) -> Iterator[str]:
-    """gateway as users run it (python -m gateway), on a free port."""
+def gateway_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """gateway as users run it (python -m gateway), on a free port; its log goes to a file (a pipe nobody
+    reads would fill up with its request lines and stall it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "GF_DATABASE_URL": database_url, "GF_SERVER_HTTP_PORT": str(port),
            "GF_SERVER_HTTP_ADDR": "127.0.0.1", "GF_SERVER_WORKERS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "gateway"], env=env, cwd=ROOT, stdout=out,
+                                   stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -43,7 +46,7 @@ def gateway_url(database_url: str) -> Iterator[str]:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
+                assert process.poll() is None, log.read_text()
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import socket
-import subprocess
-import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,13 +20,13 @@ from gateway.backends.base import DataQuery
 from gateway.backends.prometheus import Settings, legend, plan, read_result
 from gateway.frames import encode_json
 from gateway.gtime import TimeRange
+from tests.conftest import running_prometheus
 from tests.test_frames import load
 from tests.test_query import add, post
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "prometheus"
 CONVERTER = sorted(path.stem for path in GOLDEN.glob("prom-*.json"))
 FULL_PATH = sorted(path.name.removesuffix(".query.json") for path in GOLDEN.glob("*.query.json"))
-PROMETHEUS = "/usr/bin/prometheus"
 
 
 def _wire(response: Any) -> dict[str, Any]:
@@ -377,53 +372,11 @@ async def test_a_client_that_leaves_cancels_every_upstream_call(client, aiohttp_
 
 # -- a real Prometheus --------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _has_samples(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/api/v1/query?query=count_over_time(up[1m])", timeout=2) as answer:
-            body = json.load(answer)
-        return float(body["data"]["result"][0]["value"][1]) >= 3  # a few scrapes: ranges ending now hold some
-    except (OSError, ValueError, KeyError, IndexError):
-        return False
-
-
 @pytest.fixture(scope="session")
 def real_prometheus() -> Iterator[str]:
     """/usr/bin/prometheus on a free loopback port scraping itself every second, once it has a few samples."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    workdir = tempfile.mkdtemp(prefix="gateway-prometheus-")
-    config = os.path.join(workdir, "prometheus.yml")
-    with open(config, "w") as file:
-        file.write("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-                   f"scrape_configs:\n  - job_name: prometheus\n    static_configs:\n"
-                   f"      - targets: ['127.0.0.1:{port}']\n")
-    log = open(os.path.join(workdir, "log"), "wb")  # closed in the finally below
-    process = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={os.path.join(workdir, 'data')}",
-         f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while not _has_samples(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                raise RuntimeError("prometheus did not start: " + open(os.path.join(workdir, "log")).read()[-2000:])
-            time.sleep(0.2)
+    with running_prometheus() as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        log.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _now_range(seconds: int = 60) -> dict[str, str]:

@@ -58,6 +58,8 @@ async def test_in_chromium_the_badges_show_health_and_the_query_form_draws_a_cha
             points = await page.locator("svg.chart polyline.series").first.get_attribute("points")
             assert points is not None and len(points.split()) > 10  # a drawn line, not a placeholder
             assert await page.locator("table.frame tr").count() > 1
+            # the page after the query counts it in the data source's traffic (gateway's own metrics)
+            assert int(await page.locator('tr[data-uid="td"] td.num').first.inner_text()) >= 1
             await page.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
         finally:
             await browser.close()

@@ -22,7 +22,7 @@ from gateway.chart import line_chart
 from gateway.datasources.models import DataSource
 from gateway.errors import GatewayError, translate
 from gateway.frames import DataResponse, Frame
-from gateway.keys import cache_key, config_key, store_key
+from gateway.keys import cache_key, config_key, metrics_key, store_key
 from gateway.query import MetricRequest, Resolver, execute, plan
 
 log = logging.getLogger("gateway.admin")
@@ -67,7 +67,8 @@ async def admin_query(request: web.Request) -> web.Response:
     resolver = Resolver(identity.org_id, request.app[cache_key], request.app[store_key],
                         lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
     try:
-        results = await execute(await plan(body, resolver, config, datetime.now(UTC)), config)
+        results = await execute(await plan(body, resolver, config, datetime.now(UTC)), config,
+                                metrics=request.app[metrics_key])
     except GatewayError as error:  # the request's own errors (a bad time range, no permission to query)
         return await _page(request, identity, sources, values, error=error.message, status=error.status)
     shown = [_shown(ref_id, response) for ref_id, response in sorted(results.items())]
@@ -78,7 +79,8 @@ async def _page(request: web.Request, identity: Identity, sources: list[DataSour
                 error: str = "", results: list[dict[str, Any]] | None = None, status: int = 200) -> web.Response:
     """The page: the data source table (with live health) above the form and what it ran."""
     return aiohttp_jinja2.render_template("admin.html", request, {
-        "identity": identity, "sources": sources, "health": await _health(request, sources), "stats": {},
+        "identity": identity, "sources": sources, "health": await _health(request, sources),
+        "stats": await request.app[metrics_key].datasource_stats(identity.org_id),
         "csrf": csrf_token(request, identity), "form": form, "error": error, "results": results or [],
         "version": request.app[config_key].gateway.grafana_version,
     }, status=400 if error and status == 200 else status)

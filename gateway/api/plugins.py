@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -18,13 +21,42 @@ from gateway.errors import (
     MethodNotImplemented,
     PluginNotRegistered,
     TLSConfigError,
+    translate,
 )
 from gateway.http.client import clean_path
 from gateway.http.headers import relayable_headers
-from gateway.keys import config_key, query_cache_key
+from gateway.keys import config_key, metrics_key, query_cache_key
 from gateway.responses import json_response
 
 RESOURCE_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+T = TypeVar("T")
+
+
+async def _observed(request: web.Request, ctx: Context, endpoint: str, call: Awaitable[T]) -> T:
+    """Await a backend plugin call, reported as Grafana reports plugin requests: an exception is an error
+    (from downstream when it is the data source's 502 or 504, or a timeout), as is a resource answer >= 500."""
+    metrics = request.app[metrics_key]
+    if not metrics.enabled:
+        return await call
+    plugin = ctx.backend.plugin
+    plugin_id = plugin.id if plugin is not None else ctx.ds.type
+    started = time.perf_counter()
+    status, downstream = "ok", False
+    try:
+        answer = await call
+        if getattr(answer, "status", 0) in range(500, 600) and endpoint == "callResource":
+            status, downstream = "error", True
+        return answer
+    except asyncio.CancelledError:
+        status = "cancelled"
+        raise
+    except Exception as error:
+        known = translate(error)
+        status = "error"
+        downstream = isinstance(error, TimeoutError) or (known is not None and known.status in (502, 504))
+        raise
+    finally:
+        metrics.plugin(ctx.ds, plugin_id, endpoint, status, downstream, time.perf_counter() - started)
 
 
 async def _resolve(request: web.Request, *, id_trace: bool = True) -> tuple[Identity, Context]:
@@ -46,7 +78,8 @@ async def check_datasource_health(request: web.Request) -> web.Response:
     timeout = request.app[config_key].dataproxy.timeout
     try:
         async with asyncio.timeout(timeout):
-            result = await ctx.backend.check_health(ctx, identity.role == "Admin")
+            check = ctx.backend.check_health(ctx, identity.role == "Admin")
+            result = await _observed(request, ctx, "checkHealth", check)
     except NotImplementedByBackend:
         raise MethodNotImplemented() from None
     except (InvalidDataSourceURL, TLSConfigError) as error:
@@ -70,7 +103,7 @@ async def call_datasource_resource(request: web.Request) -> web.Response:
     try:
         answer, cached = await request.app[query_cache_key].resource(
             ctx, resource, skipped(request.headers.get("X-Cache-Skip")),
-            lambda: ctx.backend.call_resource(ctx, resource))
+            lambda: _observed(request, ctx, "callResource", ctx.backend.call_resource(ctx, resource)))
     except NotImplementedByBackend:
         raise MethodNotImplemented() from None
     # as Grafana's plugin client sends a plugin's answer on (spec-proxy §4.3)

@@ -25,6 +25,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     go_quote,
 )
+from gateway.http.client import DataSourceClient
 from gateway.http.headers import HOP_BY_HOP, connection_tokens, relayable_headers
 from gateway.http.pool import UpstreamError, UpstreamPoolClosed, UpstreamResponse
 from gateway.keys import config_key
@@ -194,10 +195,11 @@ async def proxy_data_source_request(request: web.Request) -> web.StreamResponse:
             if attempt == 1:
                 continue  # the data source changed as this request started; nothing was sent: use the new one
             raise UpstreamUnavailable() from None
-    return await _relay(request, upstream, config)
+    return await _relay(request, upstream, config, client)
 
 
-async def _relay(request: web.Request, upstream: UpstreamResponse, config: Config) -> web.StreamResponse:
+async def _relay(request: web.Request, upstream: UpstreamResponse, config: Config,
+                 client: DataSourceClient) -> web.StreamResponse:
     if upstream.status == 401 and not config.gateway.proxy_pass_through_401:
         # Grafana hides upstream 401s: a 401 would sign the browser user out (spec-proxy §2.11.1)
         upstream.abort()
@@ -219,6 +221,7 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, config: Confi
             upstream.abort()
             raise UpstreamUnavailable() from None
         upstream.release()
+        client.relayed(len(body))
         small = web.Response(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
         if "Content-Type" not in headers:
             small.headers.popall("Content-Type", None)  # aiohttp adds none for bytes; relay exactly what came
@@ -238,17 +241,21 @@ async def _relay(request: web.Request, upstream: UpstreamResponse, config: Confi
     except (UpstreamError, UpstreamTooLarge) as error:
         # headers are out: end the connection so the client sees a broken response, not a short 200
         log.warning("proxy response stream ended early: %s", type(error).__name__)
+        client.relayed(sent)
         upstream.abort()
         if request.transport is not None:
             request.transport.abort()
         return response
     except ConnectionResetError:
+        client.relayed(sent)
         upstream.abort()  # the client went away mid-body: nothing left to tell it
         return response
     except asyncio.CancelledError:
+        client.relayed(sent)
         upstream.abort()
         raise
     upstream.release()
+    client.relayed(sent)
     return response
 
 

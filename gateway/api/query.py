@@ -11,7 +11,7 @@ from gateway.auth import authorize
 from gateway.binding import bind
 from gateway.cache.service import skipped
 from gateway.frames import DataResponse, encode_msgpack, json_chunks
-from gateway.keys import cache_key, config_key, query_cache_key, store_key
+from gateway.keys import cache_key, config_key, metrics_key, query_cache_key, store_key
 from gateway.query import MetricRequest, Resolver, execute, failed, plan
 
 MULTI_STATUS_TOGGLE = "datasourceQueryMultiStatus"
@@ -29,7 +29,7 @@ async def query_metrics_v2(request: web.Request) -> web.StreamResponse:
                         lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
     work = await plan(body, resolver, config, datetime.now(UTC))
     cache = request.app[query_cache_key].request(skip=skipped(request.headers.get("X-Cache-Skip")))
-    results = await execute(work, config, cache)
+    results = await execute(work, config, cache, request.app[metrics_key])
     status = 200
     if failed(results):
         status = 207 if MULTI_STATUS_TOGGLE in config.feature_toggles.enable else 400

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.auth import authorize
 from gateway.binding import bind
-from gateway.keys import cache_key, config_key, store_key
+from gateway.keys import cache_key, config_key, metrics_key, store_key
 from gateway.legacy import convert, encode
 from gateway.query import MetricRequest, Resolver, execute, plan
 
@@ -26,7 +26,7 @@ async def query_metrics(request: web.Request) -> web.Response:
     resolver = Resolver(identity.org_id, request.app[cache_key], request.app[store_key],
                         lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
     work = await plan(body, resolver, config, datetime.now(UTC))
-    answer, status = convert(await execute(work, config))
+    answer, status = convert(await execute(work, config, metrics=request.app[metrics_key]))
     return web.Response(body=encode(answer), status=status, content_type="application/json")
 
 

@@ -108,6 +108,11 @@ class Context:
             self._http = self._clients.open(self.ds, self.secrets, self._backend.check_route)
         return self._http
 
+    @property
+    def opened_http(self) -> DataSourceClient | None:
+        """The HTTP client if one was made (for metrics: looking must not open one)."""
+        return self._http
+
     def slot(self) -> asyncio.Semaphore | contextlib.nullcontext[None]:
         """What each outgoing query holds while it runs: the data source's concurrency limit (the backend's
         max_concurrency), so that a fan-out never floods one data source; no limit when that is 0."""

@@ -52,6 +52,8 @@ class DataSourceCache:
         self._closing: set[asyncio.Task[None]] = set()
         self._retiring: dict[int, tuple[asyncio.TimerHandle, Context]] = {}
         self._loading: dict[Key, asyncio.Task[Context]] = {}
+        self.hits = 0  # lookups answered from memory, and those that went to Postgres (gateway.metrics)
+        self.misses = 0
         store.listeners.append(self.invalidate)
 
     async def resolve(self, org_id: int, reference: str) -> Context:
@@ -73,8 +75,10 @@ class DataSourceCache:
         hit = self._entries.get(key)
         if hit is not None:
             if hit[0] > time.monotonic():
+                self.hits += 1
                 return hit[1]
             self._drop(hit[1])
+        self.misses += 1
         loading = self._loading.get(key)
         if loading is None:
             loading = asyncio.get_running_loop().create_task(self._load(key, org_id, id, uid))
@@ -96,6 +100,10 @@ class DataSourceCache:
                 self._drop(old[1])
             self._entries[old_key] = (expires, context)
         return context
+
+    def contexts(self) -> list[Context]:
+        """Every cached data source, once."""
+        return list({id(context): context for _, context in self._entries.values()}.values())
 
     def invalidate(self, org_id: int, ds_id: int, uid: str) -> None:
         """Forget one data source (it changed); loads in flight are used once but not trusted."""

@@ -87,6 +87,12 @@ class DataSourceStore:
             rows = await conn.fetch(self._q["get_data_sources_by_uid"], org_id, list(uids))
         return [DataSource.from_record(row) for row in rows]
 
+    async def count_data_sources_by_type(self) -> dict[str, int]:
+        """How many data sources each type has, over every org."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(self._q["count_data_sources_by_type"])
+        return {row["type"]: row["count"] for row in rows}
+
     async def add_data_source(
         self, org_id: int, cmd: AddDataSourceCommand, sealed: dict[str, str], *, read_only: bool = False,
     ) -> DataSource:

@@ -5,8 +5,8 @@
 route rules and injects the data source's credentials. Every call is reported to the observers with its
 outcome and time; failures are raised as the pool's `UpstreamError`s (a fetch's deadline included),
 which `errors.translate` maps in one place. `Clients` holds what every client of one worker shares: the
-receive buffer, the default TLS context, the WebSocket session and the call observers (the timing hook
-for metrics).
+receive buffer, the default TLS context, the WebSocket session and the call observer (metrics).
+Every call carries the current request's W3C `traceparent` (gateway.logs).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import AsyncIterable, Callable, Mapping, Sequence
-from typing import NoReturn
+from typing import NoReturn, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -53,13 +53,27 @@ from gateway.http.pool import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from gateway.logs import current
 
 log = logging.getLogger("gateway.client")
 
 # (role of the caller or None for gateway's own calls, method, path as sent, relative to the data source URL)
 RouteRules = Callable[[str | None, str, str], None]
-# (data source, method, outcome: an HTTP status or an error class name, seconds to the response head)
-Observer = Callable[[DataSource, str, str, float], None]
+
+
+class CallObserver(Protocol):
+    """What watches every call to a data source (gateway.metrics.Metrics)."""
+
+    def begin(self, ds: DataSource) -> None:
+        """A call starts (in flight)."""
+
+    def end(self, ds: DataSource, method: str, outcome: str, seconds: float, streamed: bool) -> None:
+        """A call ended: `outcome` is the HTTP status or the error's class name (`CancelledError` when the
+        caller left); `seconds` to the response head when `streamed` (the proxy), else to the last byte."""
+
+    def body(self, ds: DataSource, size: int) -> None:
+        """A response body was read or relayed whole: `size` bytes as received."""
+
 
 RECEIVE_BUFFER = 1 << 20
 FETCH_LIMIT = 16 << 20
@@ -100,7 +114,7 @@ class Clients:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.observers: list[Observer] = []
+        self.observer: CallObserver | None = None
         self._buffer: memoryview | None = None
         self._tls: ssl.SSLContext | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -129,11 +143,6 @@ class Clients:
                 connector=aiohttp.TCPConnector(limit=100, force_close=True),
             )
         return self._session
-
-    def observe(self, ds: DataSource, method: str, outcome: str, seconds: float) -> None:
-        """Report one call to every observer."""
-        for observer in self.observers:
-            observer(ds, method, outcome, seconds)
 
     def open(self, ds: DataSource, secrets: Mapping[str, str], rules: RouteRules) -> DataSourceClient:
         """A client for one data source version; raises InvalidDataSourceURL or TLSConfigError."""
@@ -205,7 +214,10 @@ class DataSourceClient:
             raise UpstreamConnectError("the data source URL has no host")
         if not self._sendable:
             raise UpstreamRequestInvalid()
-        out = list(headers)
+        out = [(name, value) for name, value in headers if name.lower() != "traceparent"]
+        context = current.get()
+        if context is not None:
+            out.append(("traceparent", context.traceparent))
         authorization = authorization or self._authorization
         if authorization:
             out.append(("Authorization", authorization))
@@ -225,15 +237,29 @@ class DataSourceClient:
         UpstreamPoolClosed, before anything was sent, when the data source changed meanwhile.
         """
         target, out = self._prepare(method, path, query, headers, role, authorization)
+        observer = self._clients.observer
+        if observer is not None:
+            observer.begin(self.ds)
         started = time.monotonic()
         try:
             response = await self._send(method, target, out, body, content_length, self.timeout)
         except UpstreamPoolClosed:
+            if observer is not None:
+                observer.end(self.ds, method, "UpstreamPoolClosed", 0.0, False)  # retried: not a proxy call
             raise
         except BaseException as error:
-            self._fail(method, started, error)
-        self._clients.observe(self.ds, method, str(response.status), time.monotonic() - started)
+            self._fail(method, started, error, True)
+        if observer is not None:
+            observer.end(self.ds, method, str(response.status), time.monotonic() - started, True)
+        if log.isEnabledFor(logging.DEBUG):
+            _debug(self.ds, method, path, response.status, started)
         return response
+
+    def relayed(self, size: int) -> None:
+        """The proxy relayed a response body of `size` bytes from this data source."""
+        observer = self._clients.observer
+        if observer is not None:
+            observer.body(self.ds, size)
 
     async def fetch(
         self, method: str, path: str, query: str = "", headers: Sequence[tuple[str, str]] = (),
@@ -244,6 +270,9 @@ class DataSourceClient:
         if not any(name.lower() == "accept-encoding" for name, _ in headers):
             headers = [*headers, ("Accept-Encoding", "gzip")]
         target, out = self._prepare(method, path, query, headers, role, None)
+        observer = self._clients.observer
+        if observer is not None:
+            observer.begin(self.ds)
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout):
@@ -256,8 +285,12 @@ class DataSourceClient:
                 response.release()
             answer = _decoded(response.status, response.headers, raw, limit)  # a bad gzip body fails the call
         except BaseException as error:
-            self._fail(method, started, error)
-        self._clients.observe(self.ds, method, str(answer.status), time.monotonic() - started)
+            self._fail(method, started, error, False)
+        if observer is not None:
+            observer.end(self.ds, method, str(answer.status), time.monotonic() - started, False)
+            observer.body(self.ds, len(raw))
+        if log.isEnabledFor(logging.DEBUG):
+            _debug(self.ds, method, path, answer.status, started)
         return answer
 
     async def _send(self, method: str, target: str, headers: list[tuple[str, str]],
@@ -273,11 +306,13 @@ class DataSourceClient:
         except ValueError:  # a stored URL path or header no request line can carry (rows from before checks)
             raise UpstreamRequestInvalid() from None
 
-    def _fail(self, method: str, started: float, error: BaseException) -> NoReturn:
+    def _fail(self, method: str, started: float, error: BaseException, streamed: bool) -> NoReturn:
         """Report a failed call and raise it on; the whole fetch's deadline becomes an UpstreamTimeout, so
         that `errors.translate` (the middleware, the query path) maps every failure the same way."""
+        observer = self._clients.observer
+        if observer is not None:
+            observer.end(self.ds, method, type(error).__name__, time.monotonic() - started, streamed)
         if not isinstance(error, asyncio.CancelledError):
-            self._clients.observe(self.ds, method, type(error).__name__, time.monotonic() - started)
             if isinstance(error, UpstreamError):
                 log.warning("call to data source %s failed: %s", self.ds.uid, type(error).__name__)
             if isinstance(error, TimeoutError):
@@ -304,6 +339,14 @@ class DataSourceClient:
         """Close idle connections now and busy ones when their response is done."""
         if self.pool is not None:
             await self.pool.close()
+
+
+def _debug(ds: DataSource, method: str, path: str, status: int, started: float) -> None:
+    """A debug line per data source call: the path relative to the data source URL, never its query string
+    or headers (either may carry credentials)."""
+    log.debug("data source call", extra={"fields": {
+        "datasource_uid": ds.uid, "method": method, "path": "/" + path.lstrip("/"), "status": status,
+        "time_ms": round((time.monotonic() - started) * 1000, 3)}})
 
 
 _WS_OWN = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",

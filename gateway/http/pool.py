@@ -812,6 +812,11 @@ class UpstreamPool:
         """Number of idle keep-alive connections ready for reuse."""
         return len(self._idle)
 
+    @property
+    def waiting(self) -> int:
+        """Number of requests waiting for a connection (max_conns reached)."""
+        return len(self._waiters)
+
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
         if loop is None:

@@ -87,3 +87,7 @@ SELECT pg_notify('gateway_datasource', $1);
 -- name: get_default_data_source
 -- $1 org id -> the org's default data source, if it has one.
 SELECT * FROM data_source WHERE org_id = $1 AND is_default ORDER BY id LIMIT 1;
+
+-- name: count_data_sources_by_type
+-- no parameters -> (type, count) for every type with data sources, all orgs (grafana_stat_totals_datasource).
+SELECT type, count(*) AS count FROM data_source GROUP BY type ORDER BY type;
