@@ -243,7 +243,9 @@ async def execute(work: Plan, config: Config, cache: CacheRun | None = None,
     for answer in answers:
         merged.update(answer)
     if work.pipeline is not None:
-        return work.pipeline.evaluate(merged)
+        # CPU-bound: in a worker thread, so the event loop keeps serving, and within the request's time budget
+        deadline = time.monotonic() + config.dataproxy.timeout
+        return await asyncio.to_thread(work.pipeline.evaluate, merged, deadline)
     return merged
 
 

@@ -538,3 +538,11 @@ def test_reducing_an_all_null_series(reducer, settings, expected):
         assert number.value is not None and math.isnan(number.value)
     else:
         assert number.value == expected
+
+
+def test_an_expression_not_started_by_the_deadline_is_an_error_of_its_refid():
+    model = {"refId": "B", "type": "math", "expression": "1 + 1", "datasource": {"uid": "__expr__"}}
+    pipeline = build([Query("B", model, None)], TimeRange(0, 1))
+    assert pipeline.evaluate({})["B"].error is None
+    assert pipeline.evaluate({}, deadline=0.0)["B"].error == (
+        "[sse.executionError] did not execute expression [B]: the expressions ran out of time")

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from gateway.backends.base import DataQuery
-from gateway.backends.prometheus import Settings, legend, plan, read_result
+from gateway.backends.prometheus import Settings, legend, legend_parts, plan, read_result
 from gateway.frames import encode_json
 from gateway.gtime import TimeRange
 from tests.conftest import running_prometheus
@@ -156,7 +156,14 @@ def test_a_model_of_the_wrong_shape_is_an_unmarshaling_error():
     ("{{job}} on {{ instance }} {{missing}}", {"job": "a", "instance": "b"}, "a on b "),
 ])
 def test_legends_as_promlib_names_series(template, labels, expected):
-    assert legend(template, labels, "EXPR") == expected
+    assert legend(legend_parts(template), labels, "EXPR") == expected
+
+
+def test_a_legend_template_is_bounded_and_read_once():
+    with pytest.raises(ValueError, match="legendFormat is longer than 4096 characters"):
+        plan(_query({"expr": "up", "legendFormat": "{{" * 20_000}), SETTINGS)
+    parts = legend_parts("{{" * 2000 + "\n}}")  # the longest template: one regex pass, not one per series
+    assert legend(parts, {"job": "a"}, "EXPR") == ""  # the whole template is one placeholder of no label
 
 
 # -- the full query path against loopback upstreams ------------------------------------------------------

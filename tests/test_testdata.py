@@ -521,3 +521,13 @@ async def test_the_scenarios_resource_lists_every_scenario_sorted(td):
 
 def test_fnv32_is_gos_fnv1():
     assert _fnv32(b"") == 0x811C9DC5 and _fnv32(b"a") == 0x050C5D7E
+
+
+async def test_csv_wave_refuses_more_than_a_million_points_for_its_refid(td):
+    waves = [{"timeStep": 1, "valuesCSV": "1,2"}] * 101  # 101 series of 10 000 points (a series's cap)
+    status, results = await run(td, q("predictable_csv_wave", "A", csvWave=waves),
+                                q("predictable_csv_wave", "B", csvWave=waves[:2]), end=FROM + 6 * 3_600_000)
+    assert status == 400
+    assert results["A"] == {"error": "csvWave makes more than 1000000 points; gateway answers at most 1000000 "
+                                     "points per predictable_csv_wave query", "errorSource": "plugin", "status": 500}
+    assert len(results["B"]["frames"]) == 2

@@ -159,10 +159,9 @@ def calculate_step_ns(interval_ms: int, range_ms: int, resolution: int, step: st
         chosen = max(interval_ms * _NS_PER_MS * resolution, _go_div(range_ms * _NS_PER_MS, 11000))
         return math.ceil(chosen / _NS_PER_MS) * _NS_PER_MS
     try:
-        step_ms = parse_interval_string(step)
-    except ValueError:
+        return round(parse_interval_string(step) * _NS_PER_MS) * resolution
+    except (ValueError, OverflowError):
         raise GatewayError(f"time: invalid duration {go_quote(step)}", status=400) from None
-    return round(step_ms * _NS_PER_MS) * resolution
 
 
 def _round_half_away(value: float) -> int:
@@ -370,7 +369,7 @@ def read_loki_result(body: bytes) -> DataResponse:
     """A Loki (Prometheus-style) query answer as Grafana's converter.ReadPrometheusStyleResult reads it."""
     try:
         answer = _body_decoder.decode(body)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, RecursionError) as error:
         return DataResponse(error=f"response from prometheus couldn't be parsed. it is non-json: {error}",
                             error_source="downstream")
     if answer.status == "error":

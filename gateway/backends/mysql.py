@@ -106,6 +106,20 @@ _RESTRICTED = re.compile(r"([\s]*show[\s]+grants|[\s,]session_user\([^)]*\)|[\s,
                          r"[\s,]system_user\([^)]*\)|[\s,]user\([^)]*\))([\s,;]|$)", re.IGNORECASE | re.MULTILINE)
 
 
+# gateway: a READ ONLY transaction does not stop SHUTDOWN, KILL, SET or file access, so a query must be a read
+_READS = re.compile(r"[\s(]*(select|with|show|desc|describe|explain|table|values)\b", re.IGNORECASE)
+_FILES = re.compile(r"\bload_file\s*\(|\binto\s+(outfile|dumpfile)\b", re.IGNORECASE)
+_LEADING_COMMENT = re.compile(r"\s*(/\*(?![!M]).*?\*/|(--\s|#)[^\n]*(\n|$))", re.DOTALL)
+
+
+def _without_leading_comments(sql: str) -> str:
+    """The statement from its first keyword: plain comments before it dropped (MySQL's executable `/*! */`
+    ones are code, and stay)."""
+    while match := _LEADING_COMMENT.match(sql):
+        sql = sql[match.end():]
+    return sql
+
+
 class MySQLMacros(MacroEngine):
     """MySQL's macros: times as FROM_UNIXTIME(seconds), groups with DIV."""
 
@@ -155,6 +169,9 @@ async def run_query(ctx: Context, query: DataQuery, raw_sql: str, fmt: str) -> D
     """One query: interpolate, run, shape; every failure is an error on its refId with the executed SQL."""
     engine = MySQLMacros(query)
     try:
+        if _FILES.search(raw_sql) or not _READS.match(_without_leading_comments(raw_sql)):
+            raise MacroError("invalid query - only SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, TABLE and VALUES "
+                             "statements run, without file access")
         executed = engine.expand(interpolate_globals(raw_sql, query))
     except MacroError as error:
         return error_response(SqlError("interpolation failed", str(error)), "")
@@ -210,9 +227,13 @@ async def execute(ctx: Context, sql: str, row_limit: int) -> tuple[list[Column],
                 await cursor.execute(sql)
                 description = cursor.description
                 rows = list(await cursor.fetchall()) if description else []
+            except asyncio.CancelledError:
+                broken = True  # mid-statement: the connection is closed, not rolled back
+                raise
             finally:
-                await cursor.execute("ROLLBACK")
-    except SqlError:
+                if not broken:
+                    await cursor.execute("ROLLBACK")
+    except (SqlError, asyncio.CancelledError):
         broken = True
         raise
     except Exception as error:  # the server's error for this statement, as the driver raises it

@@ -214,6 +214,8 @@ def plan(query: DataQuery, settings: Settings) -> Plan:
         prom = msgspec.convert(model, PromQuery)
     except msgspec.ValidationError as error:
         raise ValueError(f"error unmarshaling query: {error}") from None
+    if len(prom.legend_format) > MAX_LEGEND_FORMAT:
+        raise ValueError(f"legendFormat is longer than {MAX_LEGEND_FORMAT} characters")
     if not prom.range and not prom.instant:
         prom.range = True
     interval = "" if prom.interval in ("0s", "") or prom.interval in _INTERVAL_VARIABLES else prom.interval
@@ -295,7 +297,7 @@ async def _run_query(ctx: Context, settings: Settings, query: DataQuery) -> Data
     failure is only logged, as promlib does."""
     try:
         prepared = plan(query, settings)
-    except ValueError as invalid:
+    except (ValueError, OverflowError) as invalid:
         text = str(invalid)
         if not text.startswith("error unmarshaling query"):
             text = f"invalid query: {text}"
@@ -374,13 +376,14 @@ def finish(result: DataResponse, prepared: Plan) -> DataResponse:
     if not frames and not prepared.query.exemplar:
         frames = [Frame(meta=meta())]  # a frame without fields, to carry the meta
     step_ms = _number(prepared.step_ms)
+    template = legend_parts(prepared.query.legend_format)  # read once; each series only fills it in
     for index, frame in enumerate(frames):
         if frame.meta is None:
             frame.meta = meta()
         if len(frame.fields) >= 2:
             time_field, value_field = frame.fields[0], frame.fields[1]
             time_field.config = {"interval": step_ms}
-            name = legend(prepared.query.legend_format, value_field.labels or {}, prepared.expr)
+            name = legend(template, value_field.labels or {}, prepared.expr)
             if name:
                 value_field.config = {"displayNameFromDS": name}
             if value_field.labels and "__name__" in value_field.labels:
@@ -423,15 +426,24 @@ def _status_error(status: int, body: bytes) -> DataResponse:
 
 
 _LEGEND = re.compile(r"\{\{\s*(.+?)\s*\}\}")
+# the template is matched once per query, and the regex backtracks: its length is bounded (Grafana's is not)
+MAX_LEGEND_FORMAT = 4096
 
 
-def legend(template: str, labels: dict[str, str], expr: str) -> str:
+def legend_parts(template: str) -> list[str] | str:
+    """A legendFormat read once: `__auto` and `""` as they are, else literal text and label names alternating."""
+    if template in ("__auto", ""):
+        return template
+    return _LEGEND.split(template)
+
+
+def legend(template: list[str] | str, labels: dict[str, str], expr: str) -> str:
     """promlib's getName: `__auto` leaves labelled series to the frontend, a template fills `{{label}}`, no
     template writes `name{k="v", ...}`; `{}` becomes the expression."""
     if template == "__auto":
         name = "" if labels else "{}"
-    elif template:
-        name = _LEGEND.sub(lambda match: labels.get(match.group(1), ""), template)
+    elif isinstance(template, list):
+        name = "".join(part if index % 2 == 0 else labels.get(part, "") for index, part in enumerate(template))
     else:
         name = _series_name(labels)
     return expr if name == "{}" else name
@@ -547,7 +559,7 @@ def read_result(body: bytes) -> DataResponse:
         try:
             parsed = _exact(body)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError, KeyError, IndexError,
-                RecursionError) as error:
+                AttributeError, OverflowError, RecursionError) as error:
             return DataResponse(error=f"response from prometheus couldn't be parsed: {error}", status=502,
                                 error_source="downstream")
     if isinstance(parsed, list):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -62,8 +63,9 @@ class Pipeline:
         self.nodes = nodes
         self.time_range = time_range
 
-    def evaluate(self, answers: Mapping[str, DataResponse]) -> dict[str, DataResponse]:
-        """Every refId's answer, from the data sources' `answers` and the commands run over them in order."""
+    def evaluate(self, answers: Mapping[str, DataResponse], deadline: float | None = None) -> dict[str, DataResponse]:
+        """Every refId's answer, from the data sources' `answers` and the commands run over them in order; a
+        command not started by `deadline` (time.monotonic()) is an error of its refId instead."""
         variables: dict[str, list[Value]] = {}
         errors: dict[str, str] = {}
         for node in self.nodes:
@@ -82,6 +84,10 @@ class Pipeline:
             if failed is not None:
                 errors[node.ref_id] = (f"[sse.dependencyError] did not execute expression [{node.ref_id}] due to a "
                                        f"failure to of the dependent expression or query [{failed}]")
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                errors[node.ref_id] = (f"[sse.executionError] did not execute expression [{node.ref_id}]: the "
+                                       "expressions ran out of time")
                 continue
             try:
                 variables[node.ref_id] = node.command.run(variables, self.time_range)

@@ -8,7 +8,15 @@ from collections.abc import Callable
 from gateway.backends.base import DataQuery
 from gateway.backends.testdata.csvframes import go_float, go_float_error, parse_labels
 from gateway.backends.testdata.model import Model
-from gateway.backends.testdata.scenario import MAX_POINTS, ScenarioFailure, go_mod, series_name, steps, timeseries_multi
+from gateway.backends.testdata.scenario import (
+    MAX_POINTS,
+    MAX_QUERY_POINTS,
+    ScenarioFailure,
+    go_mod,
+    series_name,
+    steps,
+    timeseries_multi,
+)
 from gateway.frames import DataResponse, Field, Frame
 
 _NIL_POINTER = "runtime error: invalid memory address or nil pointer dereference"
@@ -64,6 +72,14 @@ def _wave_values(text: str) -> list[float | None]:
 async def predictable_csv_wave(query: DataQuery, model: Model) -> DataResponse:
     """One frame per `csvWave` entry: its values in turn, `timeStep` seconds apart (no entries: no frames)."""
     frames = []
+    points = 0
+    start, end = query.time_range.from_ms, query.time_range.to_ms
+    for wave in model.csv_wave:
+        step = wave.time_step * 1000
+        points += steps(start - go_mod(start, step) if step else start, end, step, MAX_POINTS)
+        if points > MAX_QUERY_POINTS:
+            raise ScenarioFailure(f"csvWave makes more than {MAX_QUERY_POINTS} points; gateway answers at most "
+                                  f"{MAX_QUERY_POINTS} points per predictable_csv_wave query")
     for wave in model.csv_wave:
         values = _wave_values(wave.values_csv)
         step = wave.time_step * 1000

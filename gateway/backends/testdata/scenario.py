@@ -9,6 +9,7 @@ from gateway.backends.testdata.model import Model
 from gateway.frames import FrameMeta, meta
 
 MAX_POINTS = 10_000  # Grafana's cap on the points of one series
+MAX_QUERY_POINTS = 1_000_000  # gateway's cap on the points of one random-walk or csv-wave query
 _DIVIDE_BY_ZERO = "runtime error: integer divide by zero"
 
 

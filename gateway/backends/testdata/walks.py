@@ -9,11 +9,17 @@ from typing import Any
 from gateway.backends.base import DataQuery
 from gateway.backends.testdata.csvframes import parse_labels
 from gateway.backends.testdata.model import Model
-from gateway.backends.testdata.scenario import MAX_POINTS, ScenarioFailure, seeded, series_name, start_value, steps
+from gateway.backends.testdata.scenario import (
+    MAX_POINTS,
+    MAX_QUERY_POINTS,
+    ScenarioFailure,
+    seeded,
+    series_name,
+    start_value,
+    steps,
+)
 from gateway.frames import DataResponse, Field, Frame, meta
 from gateway.gtime import parse_go_duration
-
-MAX_QUERY_POINTS = 1_000_000  # gateway's cap on one random-walk query (seriesCount x points)
 
 
 def random_walk(query: DataQuery, model: Model, index: int, start: float) -> Frame:
