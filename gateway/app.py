@@ -48,7 +48,7 @@ from gateway.keys import (
     service_key,
     store_key,
 )
-from gateway.metrics import Metrics, metrics_middleware, request_id_header, worker_state
+from gateway.metrics import Metrics, cache_state, metrics_middleware, request_id_header, worker_state
 from gateway.provisioning import Provisioner
 from gateway.responses import default_headers, error_middleware
 from gateway.sql import MIGRATION_LOCK, load_queries, migrate
@@ -140,6 +140,7 @@ async def _query_cache(app: web.Application) -> AsyncIterator[None]:
     store = open_store(config, stats)
     settings = SettingsStore(app[db_key], config.caching.enabled_by_default)
     app[query_cache_key] = cache = QueryCache(config, store, settings, stats)
+    app[metrics_key].sources.append(lambda: cache_state(stats))
     try:
         yield
     finally:

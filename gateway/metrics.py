@@ -490,6 +490,24 @@ def worker_state(hits: int, misses: int, pools: Iterable[Any], db_pool: Any) -> 
     return [lookups, upstream, waits, database]
 
 
+def cache_state(stats: Any) -> list[Metric]:
+    """The query cache's counters (gateway.cache's CacheStats) at scrape time."""
+    requests = Metric("gateway_cache_requests", "Queries and resource calls by X-Cache result", "counter")
+    for result in ("hit", "miss", "bypass", "error", "disabled"):
+        requests.add_sample("gateway_cache_requests_total", {"result": result.upper()}, float(getattr(stats, result)))
+    held = Metric("gateway_cache_bytes", "Bytes the memory store holds", "gauge")
+    held.add_sample("gateway_cache_bytes", {}, float(stats.bytes))
+    metrics = [requests, held]
+    for name, text in (("evictions", "Memory entries dropped to stay under [caching.memory] max_size_mb"),
+                       ("coalesced_waits", "Queries answered by an identical one in flight"),
+                       ("delta_saved_points", "Samples taken from cached extents instead of the data source"),
+                       ("delta_fetched_points", "Samples fetched from the data source by delta queries")):
+        counter = Metric(f"gateway_cache_{name}", text, "counter")
+        counter.add_sample(f"gateway_cache_{name}_total", {}, float(getattr(stats, name)))
+        metrics.append(counter)
+    return metrics
+
+
 class _Fixed(Collector):
     def __init__(self, metrics: list[Metric]) -> None:
         self._metrics = metrics

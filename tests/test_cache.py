@@ -170,6 +170,10 @@ async def test_hits_bypass_version_changes_and_clean(aiohttp_client, aiohttp_ser
     assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "MISS"
     stats = client.server.app[query_cache_key].stats
     assert (stats.hit, stats.bypass) == (3, 1) and stats.miss == 4 and stats.bytes > 0
+    scrape = await (await client.get("/metrics")).text()
+    assert 'gateway_cache_requests_total{result="HIT"} 3.0' in scrape
+    assert 'gateway_cache_requests_total{result="MISS"} 4.0' in scrape
+    assert f"gateway_cache_bytes {float(stats.bytes)}" in scrape
 
 
 async def test_a_caller_who_may_not_query_a_data_source_never_gets_its_cached_answer(
