@@ -208,7 +208,13 @@ def read_file(path: Path, box: SecretBox, environ: Mapping[str, str]) -> list[St
     if path.stat().st_size > MAX_FILE_BYTES:
         raise ProvisioningFailed(f"{path}: larger than {MAX_FILE_BYTES} bytes")
     try:
-        document = yaml.safe_load(path.read_bytes())
+        text = path.read_bytes()
+        alias = next((event for event in yaml.parse(text, Loader=yaml.SafeLoader)
+                      if isinstance(event, yaml.AliasEvent)), None)
+        if alias is not None:  # a few nested aliases expand to gigabytes ("billion laughs")
+            mark = alias.start_mark
+            raise ProvisioningFailed(f"{path}: YAML aliases (*name) are not accepted (line {mark.line + 1})")
+        document = yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:  # never str(error): its snippet could quote a secret
         mark = error.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -390,3 +390,16 @@ def test_a_sealed_secret_never_reaches_an_error(tmp_path):
     with pytest.raises(ProvisioningFailed) as raised:
         read_file(path, SecretBox({"k": b"0" * 32}, "k"), {})
     assert "hunter2" not in raised.value.message and str(path) in raised.value.message
+
+
+def test_yaml_aliases_are_refused_before_they_can_expand(tmp_path):
+    from gateway.errors import ProvisioningFailed
+    from gateway.provisioning import read_file
+
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"{b}: &{b} [{', '.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True)]
+    lines += ["apiVersion: 1", "datasources:", "  - name: x", "    type: prometheus", "    jsonData: {x: *i}"]
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ProvisioningFailed, match=r"bomb.yaml: YAML aliases \(\*name\) are not accepted \(line 2\)"):
+        read_file(bomb, None, {})  # type: ignore[arg-type]  # refused before anything needs the box

@@ -65,3 +65,16 @@ async def test_in_chromium_the_badges_show_health_and_the_query_form_draws_a_cha
             await browser.close()
     assert (ARTIFACTS / "admin.png").stat().st_size > 10_000
 
+
+
+async def test_the_query_form_takes_text_fields_only(client):
+    from aiohttp import FormData
+
+    await add(client, "td")
+    page = await (await client.get("/admin", headers=ADMIN)).text()
+    form = FormData()
+    form.add_field("csrf", page.split('name="csrf" value="', 1)[1].split('"', 1)[0])
+    form.add_field("query", b"random_walk" * 1000, filename="query.txt")
+    response = await client.post("/admin/query", data=form, headers=ADMIN)
+    assert response.status == 400
+    assert (await response.json())["message"] == "the form takes text fields only"

@@ -31,6 +31,7 @@ HEALTH_TIMEOUT = 3.0  # seconds one badge may take; the page never waits longer 
 HEALTH_CONCURRENCY = 16
 MAX_LISTED = 200  # data sources on the page (with badges)
 MAX_ROWS = 100  # table rows shown per frame
+MAX_TABLES = 20  # frames shown as tables per refId (the chart draws at most 20 lines too)
 MAX_QUERY_TEXT = 64 << 10
 CHART_WIDTH = 760
 
@@ -50,6 +51,8 @@ async def admin_query(request: web.Request) -> web.Response:
     form = await request.post()
     if not hmac.compare_digest(str(form.get("csrf", "")), csrf_token(request, identity)) or not _same_origin(request):
         raise GatewayError("invalid or missing CSRF token: reload the page", status=403)
+    if any(not isinstance(value, str) for value in form.values()):
+        raise GatewayError("the form takes text fields only", status=400)
     values = {key: str(form.get(key, "")) for key in ("uid", "query", "from", "to", "format")}
     if len(values["query"]) > MAX_QUERY_TEXT:
         raise GatewayError("the query is too long", status=400)
@@ -152,7 +155,8 @@ def _shown(ref_id: str, response: DataResponse) -> dict[str, Any]:
     return {
         "ref_id": ref_id, "error": response.error, "status": response.status,
         "chart": line_chart(frames, CHART_WIDTH),
-        "tables": [_table(frame) for frame in frames],
+        "tables": [_table(frame) for frame in frames[:MAX_TABLES]],
+        "hidden_tables": max(len(frames) - MAX_TABLES, 0),
     }
 
 
