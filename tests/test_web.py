@@ -78,3 +78,17 @@ async def test_the_query_form_takes_text_fields_only(client):
     response = await client.post("/admin/query", data=form, headers=ADMIN)
     assert response.status == 400
     assert (await response.json())["message"] == "the form takes text fields only"
+
+
+async def test_the_form_runs_a_data_source_past_the_listed_ones(client):
+    from gateway.api.admin import MAX_LISTED
+
+    for n in range(MAX_LISTED):
+        await add(client, f"a{n:03}")
+    await add(client, "zz", name="zz-last")
+    page = await (await client.get("/admin", headers=ADMIN)).text()
+    assert 'data-uid="zz"' not in page and f"The first {MAX_LISTED} data sources" in page
+    csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    form = {"csrf": csrf, "uid": "zz", "query": "random_walk", "from": "now-1h", "to": "now"}
+    response = await client.post("/admin/query", headers=ADMIN, data=form)
+    assert response.status == 200 and "svg" in await response.text()

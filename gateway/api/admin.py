@@ -20,7 +20,7 @@ from gateway.backends.base import Context, NotImplementedByBackend
 from gateway.backends.registry import plugin_for
 from gateway.chart import line_chart
 from gateway.datasources.models import DataSource
-from gateway.errors import GatewayError, translate
+from gateway.errors import DataSourceNotFound, GatewayError, translate
 from gateway.frames import DataResponse, Frame
 from gateway.keys import cache_key, config_key, metrics_key, store_key
 from gateway.query import MetricRequest, Resolver, execute, plan
@@ -58,6 +58,13 @@ async def admin_query(request: web.Request) -> web.Response:
         raise GatewayError("the query is too long", status=400)
     sources = await _sources(request, identity)
     ds = next((source for source in sources if source.uid == values["uid"]), None)
+    if ds is None and values["uid"]:  # past the listed ones (MAX_LISTED), any the caller may read
+        try:
+            found = await request.app[store_key].get_data_source(identity.org_id, uid=values["uid"])
+        except DataSourceNotFound:
+            found = None
+        if found is not None and identity.can("datasources:read", f"datasources:uid:{found.uid}"):
+            ds = found
     if ds is None:
         return await _page(request, identity, sources, values, error="Choose a data source of this list.")
     model = _model(ds, values["query"], values["format"])
@@ -85,7 +92,7 @@ async def _page(request: web.Request, identity: Identity, sources: list[DataSour
         "identity": identity, "sources": sources, "health": await _health(request, sources),
         "stats": await request.app[metrics_key].datasource_stats(identity.org_id),
         "csrf": csrf_token(request, identity), "form": form, "error": error, "results": results or [],
-        "version": request.app[config_key].gateway.grafana_version,
+        "version": request.app[config_key].gateway.grafana_version, "max_listed": MAX_LISTED,
     }, status=400 if error and status == 200 else status)
 
 
