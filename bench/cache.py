@@ -40,7 +40,6 @@ import os  # noqa: E402
 import platform  # noqa: E402
 import secrets  # noqa: E402
 import shlex  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
@@ -59,6 +58,7 @@ from proxy import (  # noqa: E402
     _raise_interrupt,
     _with_database,
     clean_env,
+    clean_up,
     database_server,
     free_port,
     git_commit,
@@ -356,16 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        for service in reversed(services):
-            service.stop(grace=5)
-        if server_url and database_name:
-            try:
-                asyncio.run(_execute(server_url, f'DROP DATABASE IF EXISTS "{database_name}" WITH (FORCE)'))
-            except Exception as exc:
-                print(f"could not drop database {database_name}: {exc}", file=sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        clean_up(services, server_url, database_name, tmp, grace=5)
 
 
 if __name__ == "__main__":

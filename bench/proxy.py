@@ -823,6 +823,23 @@ def measure(bench: Bench) -> dict[str, Any]:
     return results
 
 
+def clean_up(services: list[Service], server_url: str | None, database_name: str | None, *dirs: Path,
+             grace: float = 10.0) -> None:
+    """A bench's end, also on Ctrl-C: stop the services (newest first), drop the run's database, remove its
+    temp dirs; a second Ctrl-C must not cut this short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for service in reversed(services):
+        service.stop(grace)
+    if server_url and database_name:
+        try:
+            asyncio.run(_execute(server_url, f'DROP DATABASE IF EXISTS "{database_name}" WITH (FORCE)'))
+        except Exception as exc:
+            print(f"could not drop database {database_name}: {exc}", file=sys.stderr)
+    for path in dirs:
+        shutil.rmtree(path, ignore_errors=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -901,17 +918,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        for service in reversed(services):
-            service.stop()
-        if server_url and database_name:
-            try:
-                asyncio.run(_execute(server_url, f'DROP DATABASE IF EXISTS "{database_name}" WITH (FORCE)'))
-            except Exception as exc:
-                print(f"could not drop database {database_name}: {exc}", file=sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(www, ignore_errors=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        clean_up(services, server_url, database_name, tmp, www)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import os  # noqa: E402
 import platform  # noqa: E402
 import secrets  # noqa: E402
 import shlex  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
@@ -61,6 +60,7 @@ from proxy import (  # noqa: E402
     _raise_interrupt,
     _with_database,
     clean_env,
+    clean_up,
     database_server,
     ensure_tools,
     free_port,
@@ -562,16 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        for service in reversed(bench.services):
-            service.stop()
-        if server_url and database_name:
-            try:
-                asyncio.run(_execute(server_url, f'DROP DATABASE IF EXISTS "{database_name}" WITH (FORCE)'))
-            except Exception as exc:
-                print(f"could not drop database {database_name}: {exc}", file=sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        clean_up(bench.services, server_url, database_name, tmp)
 
 
 if __name__ == "__main__":
