@@ -114,7 +114,7 @@ async def _serve(config: Config, sock: socket.socket | None, peers: str | None) 
     """Serve until SIGTERM or SIGINT, then drain and stop within [server] shutdown_timeout (+ the margin)."""
     loop = asyncio.get_running_loop()
     budget = max(config.server.shutdown_timeout, 0.0)
-    app = create_app(config)
+    app = create_app(config, provision=False)  # main() applied the files before the workers started
     if peers is not None:
         app[peers_key] = peers
     app.on_response_prepare.append(_close_while_draining)
@@ -267,9 +267,12 @@ def _supervise(processes: list[BaseProcess], grace: float, start: Callable[[], B
     deadline: float | None = None
     try:
         while True:
-            if deadline is None and start is not None:
-                deadline, status = _replace_dead(processes, start, restarts, grace, on_signal)
+            # one look at who exited (exitcode reaps): a worker reaped here but not replaced would be waited for
+            # nowhere (its pipe closes a moment before it can be reaped, so a wait can wake too early for it)
             running = [process for process in processes if process.exitcode is None]
+            if deadline is None and start is not None and len(running) < len(processes):
+                deadline, status = _replace_dead(processes, start, restarts, grace, on_signal)
+                continue
             if not running:
                 break
             timeout = None if deadline is None else deadline - time.monotonic()

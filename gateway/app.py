@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 from collections.abc import AsyncIterator, Mapping
 from types import MappingProxyType
@@ -92,9 +93,9 @@ async def _metrics(app: web.Application) -> AsyncIterator[None]:
         await metrics.stop()
 
 
-async def _database(app: web.Application) -> AsyncIterator[None]:
+async def _database(app: web.Application, provision: bool = True) -> AsyncIterator[None]:
     """gateway's own Postgres (migrated), the unwrapped data keys, and the stores on top of them."""
-    db, box = await open_database(app[config_key])
+    db, box = await open_database(app[config_key], provision=provision)
     app[db_key] = db
     app[box_key] = box
     app[store_key] = store = DataSourceStore(db)
@@ -153,8 +154,11 @@ async def _query_cache(app: web.Application) -> AsyncIterator[None]:
 SERVER_OPTIONS: Mapping[str, bool] = MappingProxyType({"handler_cancellation": True, "auto_decompress": False})
 
 
-def create_app(config: Config) -> web.Application:
-    """The gateway application for `config` ([database] url must be set)."""
+def create_app(config: Config, *, provision: bool = True) -> web.Application:
+    """The gateway application for `config` ([database] url must be set). With `provision` its start applies
+    the provisioning files (unless a replica applied the same ones); `serve` applies them once before its
+    workers start, so that a worker started later, in place of one that died, never refuses to start over a
+    file edited since (the files are then applied on reload only)."""
     app = web.Application(
         client_max_size=config.gateway.max_body_bytes,
         middlewares=[metrics_middleware, error_middleware, auth_middleware],
@@ -164,7 +168,7 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(default_headers)
     app.on_response_prepare.append(request_id_header)
     app.cleanup_ctx.append(_metrics)
-    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(functools.partial(_database, provision=provision))
     app.cleanup_ctx.append(_clients)
     app.cleanup_ctx.append(_cache)
     app.cleanup_ctx.append(_query_cache)

@@ -73,13 +73,15 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(database_url: str, tmp_path: Path, workers: int) -> AsyncIterator[Gateway]:
-    """`python -m gateway` on a free port, healthy; killed (its whole process group) on the way out."""
+async def running_gateway(database_url: str, tmp_path: Path, workers: int,
+                          extra: dict[str, str] | None = None) -> AsyncIterator[Gateway]:
+    """`python -m gateway` on a free port (and the `extra` environment), healthy; killed (its whole process
+    group) on the way out."""
     port = _free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("GF_")}
     env.update({
         "GF_DATABASE_URL": database_url, "GF_SERVER_HTTP_ADDR": "127.0.0.1", "GF_SERVER_HTTP_PORT": str(port),
-        "GF_SERVER_SHUTDOWN_TIMEOUT": str(TIMEOUT), "GF_SERVER_WORKERS": str(workers),
+        "GF_SERVER_SHUTDOWN_TIMEOUT": str(TIMEOUT), "GF_SERVER_WORKERS": str(workers), **(extra or {}),
     })
     log = tmp_path / "gateway.log"
     with log.open("wb") as out:

@@ -152,6 +152,46 @@ async def test_a_worker_that_dies_is_replaced_and_the_event_logged(database_url,
         assert gateway.process.poll() is None
 
 
+async def test_a_replacement_worker_does_not_reapply_provisioning_files_edited_since_the_start(
+        database_url, tmp_path):
+    import asyncio
+    import os
+    import signal
+    import time
+
+    import aiohttp
+
+    from tests.conftest import ADMIN
+    from tests.test_shutdown import running_gateway
+
+    folder = tmp_path / "provisioning" / "datasources"
+    folder.mkdir(parents=True)
+    (folder / "a.yaml").write_text("apiVersion: 1\ndatasources:\n  - {name: kept, uid: kept, type: prometheus,"
+                                   " url: 'http://kept:9090'}\n")
+    extra = {"GF_PATHS_PROVISIONING": str(tmp_path / "provisioning")}
+    async with running_gateway(database_url, tmp_path, workers=2, extra=extra) as gateway:
+        # edited into a file the start would refuse: a worker that dies must not turn this into a crash loop
+        (folder / "a.yaml").write_text("apiVersion: 1\ndatasources:\n  - {name: kept, type: prometheus,"
+                                       " url: 'http://bad host:9090'}\n")
+        workers = _children(gateway.process.pid)
+        os.kill(min(workers), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while gateway.log.read_text().count("INFO gateway serving (pid") < 3:
+            assert time.monotonic() < deadline and gateway.process.poll() is None, gateway.log.read_text()
+            await asyncio.sleep(0.1)
+        log = gateway.log.read_text()
+        assert "Validation error" not in log and "started worker" in log
+        async with aiohttp.ClientSession(headers=ADMIN) as session:
+            for _ in range(6):  # whichever worker answers: the state provisioned at start, unchanged
+                async with session.get(f"{gateway.url}/api/datasources/uid/kept") as response:
+                    assert response.status == 200
+                    assert (await response.json())["url"] == "http://kept:9090"
+            async with session.post(f"{gateway.url}/api/admin/provisioning/datasources/reload") as response:
+                assert response.status == 400  # a reload still reads the files, and refuses this one
+                assert "url: Validation error, invalid URL" in (await response.json())["message"]
+        assert gateway.process.poll() is None
+
+
 def test_start_fails_fast_and_clearly_when_the_database_stays_unreachable(tmp_path):
     import os
     import socket
