@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from gateway.gtime import format_interval, parse_duration, parse_range, parse_time, round_interval, to_ms
+from gateway.http.headers import qualities
 from tests.conftest import ADMIN
 
 NOW = datetime(2024, 3, 15, 13, 45, 30, 123000, tzinfo=UTC)
@@ -174,6 +175,43 @@ async def test_msgpack_and_gzip_on_request(client):
     assert response.headers["Content-Encoding"] == "gzip"
     assert json.loads(gzip.decompress(await response.read())) == plain
 
+
+
+async def test_answers_vary_on_accept_and_accept_encoding_and_honour_q_zero(client):
+    await add(client, "td")
+    large = {"queries": [csv("A", ",".join(str(n) for n in range(5000)))], "from": FROM, "to": TO}
+    small = {"queries": [csv("A", "1")], "from": FROM, "to": TO}
+    plain = await (await post(client, large)).json()
+    for body, accept in ((small, ""), (large, ""), (small, "application/msgpack")):
+        response = await client.post("/api/ds/query", json=body, headers={**ADMIN, "Accept": accept})
+        assert response.headers["Vary"] == "Accept, Accept-Encoding", (body is small, accept)
+    cases = [  # (Accept, Accept-Encoding) -> (content type, gzipped)
+        ("application/msgpack;q=0, application/json", "gzip", ("application/json", True)),
+        ("application/msgpack;q=1, application/json;q=0.5", "", ("application/msgpack", False)),
+        ("application/msgpack, application/json", "", ("application/json", False)),
+        ("application/msgpack; q=0", "gzip;q=0", ("application/json", False)),
+        ("application/msgpack;q=bogus", "gzip; q=0.000, deflate", ("application/json", False)),
+        ("", "*", ("application/json", True)),
+        ("", "gzip;q=0, *", ("application/json", False)),
+        ("", "GZIP;Q=0.5", ("application/json", True)),
+    ]
+    for accept, encoding, (content_type, gzipped) in cases:
+        response = await client.post("/api/ds/query", json=large, auto_decompress=False,
+                                     headers={**ADMIN, "Accept": accept, "Accept-Encoding": encoding})
+        assert response.status == 200
+        assert response.headers["Content-Type"] == content_type, (accept, encoding)
+        assert ("Content-Encoding" in response.headers) is gzipped, (accept, encoding)
+        data = await response.read()
+        if content_type == "application/msgpack":
+            assert msgspec.msgpack.decode(data) == plain
+        else:
+            assert json.loads(gzip.decompress(data) if gzipped else data) == plain
+
+
+def test_accept_headers_are_read_to_a_bounded_number_of_entries():
+    assert qualities("a;q=0.5, b;q=2, c;q=nan, d;q=, e, a") == {"a": 0.5, "b": 0.0, "c": 0.0, "d": 0.0, "e": 1.0}
+    many = qualities(", ".join(f"t{n}" for n in range(1000)) + ", gzip")
+    assert len(many) == 32 and "gzip" not in many
 
 # -- time ranges (gtime) ---------------------------------------------------------------------------------
 
