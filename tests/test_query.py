@@ -123,6 +123,63 @@ async def test_permission_is_checked_per_data_source(client, make_token):
     assert response.status == 403 and "datasources:query" in (await response.json())["message"]
 
 
+
+async def test_the_data_sources_of_a_request_are_read_in_one_round_trip_and_the_default_is_cached(
+        client, aiohttp_client, database_url, make_token):
+    from gateway.app import create_app
+    from gateway.keys import db_key
+    from tests.conftest import make_config
+
+    for n in range(30):
+        await add(client, f"td{n}", isDefault=n == 0)
+    app = create_app(make_config(database_url, database={"max_open_conn": 1}))  # one connection to watch
+    single = await aiohttp_client(app)
+    statements: list[str] = []
+    async with app[db_key].pool.acquire() as conn:
+        conn.add_query_logger(lambda record: statements.append(record.query))
+    queries = [csv(f"Q{n}", str(n), uid=f"td{n}") for n in range(30)]
+    body = {"queries": [*queries, {"refId": "D", "scenarioId": "csv_metric_values", "stringInput": "7"}],
+            "from": FROM, "to": TO}
+    response = await post(single, body)
+    assert response.status == 200, await response.text()
+    results = (await response.json())["results"]
+    assert len(results) == 31 and results["Q29"]["frames"][0]["data"]["values"][1] == [29]
+    assert results["D"]["frames"][0]["data"]["values"][1] == [7]
+    reads = [sql for sql in statements if "FROM data_source" in sql]
+    assert len(reads) == 2 and "any($2::text[])" in reads[0] and "is_default" in reads[1], reads
+    for _ in range(50):  # the default now comes from memory like the rest (trusted once the listener is up)
+        statements.clear()
+        assert (await post(single, body)).status == 200
+        if not any("FROM data_source" in sql for sql in statements):
+            break
+    else:
+        raise AssertionError(f"data sources still read from Postgres: {statements}")
+
+    limited = await make_token("None", permissions=tuple(("datasources:query", f"datasources:uid:td{n}")
+                                                         for n in range(1, 29)))
+    assert (await post(single, {"queries": queries[1:29], "from": FROM, "to": TO}, limited)).status == 200
+    response = await post(single, {"queries": queries[1:], "from": FROM, "to": TO}, limited)
+    assert response.status == 403 and await response.json() == {"message": "Access denied to data source",
+                                                                 "traceID": ""}
+    unknown = [*queries[:10], csv("X", "1", uid="nope"), *queries[10:]]
+    response = await post(single, {"queries": unknown, "from": FROM, "to": TO})
+    assert response.status == 404 and await response.json() == {"message": "Data source not found", "traceID": ""}
+
+
+async def test_a_new_default_data_source_replaces_the_cached_one(client):
+    await add(client, "td", isDefault=True)
+    query = {"refId": "D", "scenarioId": "csv_metric_values", "stringInput": "7"}
+    assert (await post(client, {"queries": [query], "from": FROM, "to": TO})).status == 200
+    await add(client, "prom", "prometheus", url="http://127.0.0.1:1", isDefault=True)
+    response = await post(client, {"queries": [query], "from": FROM, "to": TO})
+    assert response.status == 400 and (await response.json())["results"]["D"]["status"] == 502
+    response = await client.delete("/api/datasources/uid/prom", headers=ADMIN)
+    assert response.status == 200
+    response = await post(client, {"queries": [query], "from": FROM, "to": TO})
+    assert response.status == 400 and await response.json() == {
+        "message": "Query does not contain a valid data source identifier", "messageId": "query.invalidDatasourceId",
+        "statusCode": 400, "traceID": ""}
+
 async def test_another_orgs_data_source_is_not_found(client, make_token):
     response = await client.post("/api/orgs", json={"name": "two"}, headers=ADMIN)
     org = (await response.json())["orgId"]

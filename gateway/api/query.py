@@ -12,7 +12,7 @@ from gateway.binding import bind
 from gateway.cache.service import skipped
 from gateway.frames import DataResponse, encode_msgpack, json_chunks
 from gateway.http.headers import qualities
-from gateway.keys import cache_key, config_key, metrics_key, query_cache_key, store_key
+from gateway.keys import cache_key, config_key, metrics_key, query_cache_key
 from gateway.query import MetricRequest, Resolver, execute, failed, plan
 
 MULTI_STATUS_TOGGLE = "datasourceQueryMultiStatus"
@@ -26,7 +26,7 @@ async def query_metrics_v2(request: web.Request) -> web.StreamResponse:
     identity = await authorize(request, "datasources:query")
     body = bind(await request.read(), request.content_type, MetricRequest)
     config = request.app[config_key]
-    resolver = Resolver(identity.org_id, request.app[cache_key], request.app[store_key],
+    resolver = Resolver(identity.org_id, request.app[cache_key],
                         lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
     work = await plan(body, resolver, config, datetime.now(UTC))
     cache = request.app[query_cache_key].request(skip=skipped(request.headers.get("X-Cache-Skip")))
