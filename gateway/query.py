@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.backends import grafana
 from gateway.backends.base import Context, DataQuery, NotImplementedByBackend
 from gateway.cache.service import CacheRun
 from gateway.config import Config
@@ -129,6 +130,9 @@ class Resolver:
         context = self._by_key.get(key)
         if context is not None:
             return context
+        if uid == grafana.UID:  # Grafana's built-in data source: no lookup, no per-data-source permission
+            context = self._by_key[key] = self._cache.built_in(self._org_id)
+            return context
         try:
             if uid:
                 context = self._loaded.get(uid) or await self._cache.resolve(self._org_id, f"uid/{uid}")
@@ -165,7 +169,7 @@ async def plan(body: MetricRequest, resolver: Resolver, config: Config, now: dat
     time_range = parse_range(body.from_, body.to, now)
     heads = [_head(raw) for raw in body.queries]
     references = [_reference(head) for head in heads]
-    await resolver.load(uid for uid, _ in references if uid and uid not in EXPRESSION_UIDS)
+    await resolver.load(uid for uid, _ in references if uid and uid not in EXPRESSION_UIDS and uid != grafana.UID)
     resolved: list[tuple[QueryHead, msgspec.Raw, Context | None]] = []
     for head, raw, (uid, ds_id) in zip(heads, body.queries, references, strict=True):
         resolved.append((head, raw, None if uid in EXPRESSION_UIDS else await resolver.resolve(uid, ds_id)))

@@ -180,6 +180,26 @@ async def test_a_new_default_data_source_replaces_the_cached_one(client):
         "message": "Query does not contain a valid data source identifier", "messageId": "query.invalidDatasourceId",
         "statusCode": 400, "traceID": ""}
 
+
+async def test_the_built_in_grafana_data_source_answers_a_random_walk(client, make_token):
+    await add(client, "td")
+    grafana = {"uid": "grafana", "type": "grafana"}
+    walk = {"refId": "A", "datasource": grafana, "queryType": "randomWalk", "intervalMs": 10_000, "seriesCount": 3}
+    limited = await make_token("None", permissions=(("datasources:query", "datasources:uid:td"),))
+    response = await post(client, {"queries": [walk, csv("B", "1")], "from": FROM, "to": TO}, limited)
+    assert response.status == 200, await response.text()
+    results = (await response.json())["results"]
+    frames = results["A"]["frames"]
+    assert len(frames) == 1 and [f["name"] for f in frames[0]["schema"]["fields"]] == ["time", "A-series"]
+    assert frames[0]["data"]["values"][0] == [1700000000000 + n * 10_000 for n in range(5)]
+    assert all(isinstance(v, float) for v in frames[0]["data"]["values"][1])
+    assert results["B"]["frames"][0]["data"]["values"][1] == [1]
+    response = await post(client, {"queries": [{"refId": "L", "datasource": "grafana", "queryType": "list"},
+                                               {"refId": "U", "datasource": grafana}], "from": FROM, "to": TO})
+    assert response.status == 400 and (await response.json())["results"] == {
+        "L": {"error": "gateway does not serve -- Grafana -- list queries", "errorSource": "plugin", "status": 501},
+        "U": {"error": "unknown query type", "errorSource": "plugin", "status": 500}}
+
 async def test_another_orgs_data_source_is_not_found(client, make_token):
     response = await client.post("/api/orgs", json={"name": "two"}, headers=ADMIN)
     org = (await response.json())["orgId"]

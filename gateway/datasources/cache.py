@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 
+from gateway.backends import grafana
 from gateway.backends.base import Context
 from gateway.backends.registry import backend_for
 from gateway.binding import parse_id
@@ -86,6 +87,10 @@ class DataSourceCache:
             self._loading[key] = loading
             loading.add_done_callback(lambda _: self._loading.pop(key, None))
         return await asyncio.shield(loading)
+
+    def built_in(self, org_id: int) -> Context:
+        """The org's -- Grafana -- data source (uid `grafana`), which no table holds."""
+        return Context(grafana.built_in(org_id), {}, grafana.Grafana(), self._clients)
 
     async def get_default(self, org_id: int) -> Context:
         """The org's default data source, from memory when possible; DataSourceNotFound otherwise."""
