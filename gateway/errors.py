@@ -15,10 +15,27 @@ import msgspec
 
 from gateway.http.pool import UpstreamError, UpstreamHeadersTooLarge, UpstreamTimeout
 
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
 
 def go_quote(value: str) -> str:
-    """A string as Go's %q writes it in Grafana's messages and log lines (backslash and quote escaped)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A string as Go's %q (strconv.Quote) writes it in Grafana's messages, log lines and series names: quote
+    and backslash escaped, printable characters kept, the others as Go escapes them."""
+    if value.isprintable():  # the usual case, and the fast one
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    out = ['"']
+    for char in value:
+        code = ord(char)
+        if char in ('"', "\\"):
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        elif char in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[char])
+        else:
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
 
 
 class GatewayError(Exception):

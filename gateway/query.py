@@ -15,17 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from gateway.backends import grafana
 from gateway.backends.base import Context, DataQuery, NotImplementedByBackend
 from gateway.cache.service import CacheRun
 from gateway.config import Config
 from gateway.datasources.cache import DataSourceCache
-from gateway.datasources.store import DataSourceStore
 from gateway.errors import (
     BadRequestData,
     DataSourceNotFound,
@@ -112,13 +112,17 @@ def _reference(head: QueryHead) -> tuple[str, int]:
 class Resolver:
     """Data sources of one request, each resolved once, with the caller's permission checked."""
 
-    def __init__(self, org_id: int, cache: DataSourceCache, store: DataSourceStore,
-                 may_query: Callable[[str], bool]) -> None:
+    def __init__(self, org_id: int, cache: DataSourceCache, may_query: Callable[[str], bool]) -> None:
         self._org_id = org_id
         self._cache = cache
-        self._store = store
         self._may_query = may_query
         self._by_key: dict[tuple[str, object], Context] = {}
+        self._loaded: dict[str, Context] = {}
+
+    async def load(self, uids: Iterable[str]) -> None:
+        """Read the data sources named by `uids` ahead, the ones not in memory in one round trip; permissions and
+        unknown uids are still checked by resolve(), query by query, in request order."""
+        self._loaded.update(await self._cache.get_many(self._org_id, uids))
 
     async def resolve(self, uid: str, ds_id: int) -> Context:
         """The data source of a query: by uid, else by datasourceId, else the org's default."""
@@ -126,14 +130,16 @@ class Resolver:
         context = self._by_key.get(key)
         if context is not None:
             return context
+        if uid == grafana.UID:  # Grafana's built-in data source: no lookup, no per-data-source permission
+            context = self._by_key[key] = self._cache.built_in(self._org_id)
+            return context
         try:
             if uid:
-                context = await self._cache.resolve(self._org_id, f"uid/{uid}")
+                context = self._loaded.get(uid) or await self._cache.resolve(self._org_id, f"uid/{uid}")
             elif ds_id > 0:
                 context = await self._cache.get(self._org_id, id=ds_id)
             else:
-                default = await self._store.get_default_data_source(self._org_id)
-                context = await self._cache.get(self._org_id, uid=default.uid)
+                context = await self._cache.get_default(self._org_id)
         except DataSourceNotFound:
             if not uid and ds_id <= 0:
                 raise InvalidDatasourceId() from None
@@ -162,9 +168,10 @@ async def plan(body: MetricRequest, resolver: Resolver, config: Config, now: dat
         raise TooManyQueries(config.query.max_queries)
     time_range = parse_range(body.from_, body.to, now)
     heads = [_head(raw) for raw in body.queries]
+    references = [_reference(head) for head in heads]
+    await resolver.load(uid for uid, _ in references if uid and uid not in EXPRESSION_UIDS and uid != grafana.UID)
     resolved: list[tuple[QueryHead, msgspec.Raw, Context | None]] = []
-    for head, raw in zip(heads, body.queries, strict=True):
-        uid, ds_id = _reference(head)
+    for head, raw, (uid, ds_id) in zip(heads, body.queries, references, strict=True):
         resolved.append((head, raw, None if uid in EXPRESSION_UIDS else await resolver.resolve(uid, ds_id)))
     seen: set[str] = set()
     for head in heads:

@@ -328,6 +328,28 @@ async def test_a_window_longer_than_the_range_cannot_be_resampled(td):
     assert body["results"]["A"]["status"] == 200
 
 
+
+async def test_resamples_share_a_budget_of_a_million_points_per_request(td):
+    hour = {"from": FROM, "to": str(T0 + 3_600_000)}
+    query = {"queries": [csv("A", VALUES), expr("B", "resample", expression="A", window="1ms", downsampler="mean",
+                                                 upsampler="fillna")], **hour}
+    response = await post(td, query)
+    body = await response.json()
+    assert response.status == 400 and body["results"]["A"]["status"] == 200
+    assert body["results"]["B"] == {
+        "error": "resample would make 3600001 points; gateway answers at most 1000000 resampled points per request "
+                 "(all resamples and series together)", "errorSource": "", "status": 500, "frames": []}
+    fits = {"datasource": {"uid": "__expr__"}, "expression": "A", "downsampler": "mean", "upsampler": "pad"}
+    response = await post(td, {"queries": [
+        csv("A", VALUES), {**fits, "refId": "B", "type": "resample", "window": "4ms", "hide": True},
+        {**fits, "refId": "C", "type": "resample", "window": "10ms"},
+        {**fits, "refId": "D", "type": "resample", "window": "1m"}], **hour})
+    body = await response.json()
+    assert response.status == 400 and "B" not in body["results"]
+    assert body["results"]["C"]["error"].startswith("resample would make 360001 points; gateway answers at most "
+                                                    "1000000 resampled points per request")
+    assert body["results"]["D"]["status"] == 200 and len(values(body["results"]["D"])) == 61  # 900001 + 61 fit
+
 # -- threshold -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("kind", "params", "expected"), [
@@ -371,6 +393,18 @@ async def test_a_classic_condition_answers_one_number_with_its_matches(td):
         "fields": [{"type": "number", "typeInfo": {"frame": "float64", "nullable": True}}]},
         "data": {"values": [[1]]}}]}
 
+
+
+async def test_a_classic_condition_holds_at_most_a_hundred_conditions(td):
+    many = [_condition("A", "avg", "gt", [20], "or")] * 100
+    status, body = await ask(td, csv("A", VALUES), expr("B", "classic_conditions", conditions=many))
+    assert status == 200 and values(body["results"]["B"]) == [1]
+    status, body = await ask(td, csv("A", VALUES), expr("B", "classic_conditions", conditions=[*many, many[0]]),
+                             expr("C", "math", expression="$A + 1"))
+    assert status == 400 and body["results"]["A"]["status"] == 200 and body["results"]["C"]["status"] == 200
+    assert body["results"]["B"] == {
+        "error": "classic_conditions has 101 conditions; gateway evaluates at most 100 conditions per "
+                 "classic_conditions expression", "errorSource": "", "status": 500, "frames": []}
 
 @pytest.mark.parametrize(("data", "conditions", "value", "matches"), [
     (VALUES, [("avg", "gt", [100], "and"), ("max", "gt", [50], "or")], 1, ["90"]),

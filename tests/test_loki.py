@@ -22,7 +22,8 @@ from gateway.backends.loki import (
     read_loki_result,
     series_name,
 )
-from gateway.errors import GatewayError
+from gateway.backends.testdata.csvframes import go_float_error
+from gateway.errors import GatewayError, go_quote
 from gateway.frames import encode_json
 from gateway.gtime import TimeRange
 from tests.test_frames import load
@@ -133,6 +134,16 @@ def test_series_names_are_prometheus_style_or_the_legend_template():
     assert series_name(labels, "") == '{a-b="1", app="we\\"b", level="error"}'
     assert series_name({}, "") == "{}"
     assert series_name(labels, "{{ level }} of {{app}} {{missing}}!") == 'error of we"b !'
+
+
+
+def test_label_values_are_quoted_as_gos_strconv_quote_everywhere():
+    # Go: strconv.Quote("a\"b\\c é😀 \n\x00\x7f\u2028\U000e0001\a\v")
+    text = 'a"b\\c é😀 \n\x00\x7f\u2028\U000e0001\a\v'
+    quoted = '"a\\"b\\\\c é😀 \\n\\x00\\x7f\\u2028\\U000e0001\\a\\v"'
+    assert go_quote(text) == quoted and go_quote('plain "x"') == '"plain \\"x\\""'
+    assert series_name({"k": text}, "") == "{k=" + quoted + "}"
+    assert go_float_error("1\n") == 'strconv.ParseFloat: parsing "1\\n": invalid syntax'
 
 
 def test_stats_become_grafanas_named_query_stats():

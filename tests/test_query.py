@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from gateway.gtime import format_interval, parse_duration, parse_range, parse_time, round_interval, to_ms
+from gateway.http.headers import qualities
 from tests.conftest import ADMIN
 
 NOW = datetime(2024, 3, 15, 13, 45, 30, 123000, tzinfo=UTC)
@@ -122,6 +123,83 @@ async def test_permission_is_checked_per_data_source(client, make_token):
     assert response.status == 403 and "datasources:query" in (await response.json())["message"]
 
 
+
+async def test_the_data_sources_of_a_request_are_read_in_one_round_trip_and_the_default_is_cached(
+        client, aiohttp_client, database_url, make_token):
+    from gateway.app import create_app
+    from gateway.keys import db_key
+    from tests.conftest import make_config
+
+    for n in range(30):
+        await add(client, f"td{n}", isDefault=n == 0)
+    app = create_app(make_config(database_url, database={"max_open_conn": 1}))  # one connection to watch
+    single = await aiohttp_client(app)
+    statements: list[str] = []
+    async with app[db_key].pool.acquire() as conn:
+        conn.add_query_logger(lambda record: statements.append(record.query))
+    queries = [csv(f"Q{n}", str(n), uid=f"td{n}") for n in range(30)]
+    body = {"queries": [*queries, {"refId": "D", "scenarioId": "csv_metric_values", "stringInput": "7"}],
+            "from": FROM, "to": TO}
+    response = await post(single, body)
+    assert response.status == 200, await response.text()
+    results = (await response.json())["results"]
+    assert len(results) == 31 and results["Q29"]["frames"][0]["data"]["values"][1] == [29]
+    assert results["D"]["frames"][0]["data"]["values"][1] == [7]
+    reads = [sql for sql in statements if "FROM data_source" in sql]
+    assert len(reads) == 2 and "any($2::text[])" in reads[0] and "is_default" in reads[1], reads
+    for _ in range(50):  # the default now comes from memory like the rest (trusted once the listener is up)
+        statements.clear()
+        assert (await post(single, body)).status == 200
+        if not any("FROM data_source" in sql for sql in statements):
+            break
+    else:
+        raise AssertionError(f"data sources still read from Postgres: {statements}")
+
+    limited = await make_token("None", permissions=tuple(("datasources:query", f"datasources:uid:td{n}")
+                                                         for n in range(1, 29)))
+    assert (await post(single, {"queries": queries[1:29], "from": FROM, "to": TO}, limited)).status == 200
+    response = await post(single, {"queries": queries[1:], "from": FROM, "to": TO}, limited)
+    assert response.status == 403 and await response.json() == {"message": "Access denied to data source",
+                                                                 "traceID": ""}
+    unknown = [*queries[:10], csv("X", "1", uid="nope"), *queries[10:]]
+    response = await post(single, {"queries": unknown, "from": FROM, "to": TO})
+    assert response.status == 404 and await response.json() == {"message": "Data source not found", "traceID": ""}
+
+
+async def test_a_new_default_data_source_replaces_the_cached_one(client):
+    await add(client, "td", isDefault=True)
+    query = {"refId": "D", "scenarioId": "csv_metric_values", "stringInput": "7"}
+    assert (await post(client, {"queries": [query], "from": FROM, "to": TO})).status == 200
+    await add(client, "prom", "prometheus", url="http://127.0.0.1:1", isDefault=True)
+    response = await post(client, {"queries": [query], "from": FROM, "to": TO})
+    assert response.status == 400 and (await response.json())["results"]["D"]["status"] == 502
+    response = await client.delete("/api/datasources/uid/prom", headers=ADMIN)
+    assert response.status == 200
+    response = await post(client, {"queries": [query], "from": FROM, "to": TO})
+    assert response.status == 400 and await response.json() == {
+        "message": "Query does not contain a valid data source identifier", "messageId": "query.invalidDatasourceId",
+        "statusCode": 400, "traceID": ""}
+
+
+async def test_the_built_in_grafana_data_source_answers_a_random_walk(client, make_token):
+    await add(client, "td")
+    grafana = {"uid": "grafana", "type": "grafana"}
+    walk = {"refId": "A", "datasource": grafana, "queryType": "randomWalk", "intervalMs": 10_000, "seriesCount": 3}
+    limited = await make_token("None", permissions=(("datasources:query", "datasources:uid:td"),))
+    response = await post(client, {"queries": [walk, csv("B", "1")], "from": FROM, "to": TO}, limited)
+    assert response.status == 200, await response.text()
+    results = (await response.json())["results"]
+    frames = results["A"]["frames"]
+    assert len(frames) == 1 and [f["name"] for f in frames[0]["schema"]["fields"]] == ["time", "A-series"]
+    assert frames[0]["data"]["values"][0] == [1700000000000 + n * 10_000 for n in range(5)]
+    assert all(isinstance(v, float) for v in frames[0]["data"]["values"][1])
+    assert results["B"]["frames"][0]["data"]["values"][1] == [1]
+    response = await post(client, {"queries": [{"refId": "L", "datasource": "grafana", "queryType": "list"},
+                                               {"refId": "U", "datasource": grafana}], "from": FROM, "to": TO})
+    assert response.status == 400 and (await response.json())["results"] == {
+        "L": {"error": "gateway does not serve -- Grafana -- list queries", "errorSource": "plugin", "status": 501},
+        "U": {"error": "unknown query type", "errorSource": "plugin", "status": 500}}
+
 async def test_another_orgs_data_source_is_not_found(client, make_token):
     response = await client.post("/api/orgs", json={"name": "two"}, headers=ADMIN)
     org = (await response.json())["orgId"]
@@ -174,6 +252,43 @@ async def test_msgpack_and_gzip_on_request(client):
     assert response.headers["Content-Encoding"] == "gzip"
     assert json.loads(gzip.decompress(await response.read())) == plain
 
+
+
+async def test_answers_vary_on_accept_and_accept_encoding_and_honour_q_zero(client):
+    await add(client, "td")
+    large = {"queries": [csv("A", ",".join(str(n) for n in range(5000)))], "from": FROM, "to": TO}
+    small = {"queries": [csv("A", "1")], "from": FROM, "to": TO}
+    plain = await (await post(client, large)).json()
+    for body, accept in ((small, ""), (large, ""), (small, "application/msgpack")):
+        response = await client.post("/api/ds/query", json=body, headers={**ADMIN, "Accept": accept})
+        assert response.headers["Vary"] == "Accept, Accept-Encoding", (body is small, accept)
+    cases = [  # (Accept, Accept-Encoding) -> (content type, gzipped)
+        ("application/msgpack;q=0, application/json", "gzip", ("application/json", True)),
+        ("application/msgpack;q=1, application/json;q=0.5", "", ("application/msgpack", False)),
+        ("application/msgpack, application/json", "", ("application/json", False)),
+        ("application/msgpack; q=0", "gzip;q=0", ("application/json", False)),
+        ("application/msgpack;q=bogus", "gzip; q=0.000, deflate", ("application/json", False)),
+        ("", "*", ("application/json", True)),
+        ("", "gzip;q=0, *", ("application/json", False)),
+        ("", "GZIP;Q=0.5", ("application/json", True)),
+    ]
+    for accept, encoding, (content_type, gzipped) in cases:
+        response = await client.post("/api/ds/query", json=large, auto_decompress=False,
+                                     headers={**ADMIN, "Accept": accept, "Accept-Encoding": encoding})
+        assert response.status == 200
+        assert response.headers["Content-Type"] == content_type, (accept, encoding)
+        assert ("Content-Encoding" in response.headers) is gzipped, (accept, encoding)
+        data = await response.read()
+        if content_type == "application/msgpack":
+            assert msgspec.msgpack.decode(data) == plain
+        else:
+            assert json.loads(gzip.decompress(data) if gzipped else data) == plain
+
+
+def test_accept_headers_are_read_to_a_bounded_number_of_entries():
+    assert qualities("a;q=0.5, b;q=2, c;q=nan, d;q=, e, a") == {"a": 0.5, "b": 0.0, "c": 0.0, "d": 0.0, "e": 1.0}
+    many = qualities(", ".join(f"t{n}" for n in range(1000)) + ", gzip")
+    assert len(many) == 32 and "gzip" not in many
 
 # -- time ranges (gtime) ---------------------------------------------------------------------------------
 

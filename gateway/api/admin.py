@@ -74,7 +74,7 @@ async def admin_query(request: web.Request) -> web.Response:
     body = MetricRequest(from_=values["from"], to=values["to"], queries=[msgspec.Raw(msgspec.json.encode(
         {**model, "refId": "A", "datasource": {"uid": ds.uid}, "maxDataPoints": CHART_WIDTH}))])
     config = request.app[config_key]
-    resolver = Resolver(identity.org_id, request.app[cache_key], request.app[store_key],
+    resolver = Resolver(identity.org_id, request.app[cache_key],
                         lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
     try:
         results = await execute(await plan(body, resolver, config, datetime.now(UTC)), config,

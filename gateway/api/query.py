@@ -11,7 +11,8 @@ from gateway.auth import authorize
 from gateway.binding import bind
 from gateway.cache.service import skipped
 from gateway.frames import DataResponse, encode_msgpack, json_chunks
-from gateway.keys import cache_key, config_key, metrics_key, query_cache_key, store_key
+from gateway.http.headers import qualities
+from gateway.keys import cache_key, config_key, metrics_key, query_cache_key
 from gateway.query import MetricRequest, Resolver, execute, failed, plan
 
 MULTI_STATUS_TOGGLE = "datasourceQueryMultiStatus"
@@ -25,7 +26,7 @@ async def query_metrics_v2(request: web.Request) -> web.StreamResponse:
     identity = await authorize(request, "datasources:query")
     body = bind(await request.read(), request.content_type, MetricRequest)
     config = request.app[config_key]
-    resolver = Resolver(identity.org_id, request.app[cache_key], request.app[store_key],
+    resolver = Resolver(identity.org_id, request.app[cache_key],
                         lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
     work = await plan(body, resolver, config, datetime.now(UTC))
     cache = request.app[query_cache_key].request(skip=skipped(request.headers.get("X-Cache-Skip")))
@@ -39,31 +40,31 @@ async def query_metrics_v2(request: web.Request) -> web.StreamResponse:
 
 async def write_results(request: web.Request, results: dict[str, DataResponse], status: int,
                         headers: dict[str, str] | None = None) -> web.StreamResponse:
-    """The QueryDataResponse: MessagePack when the client accepts only that, else JSON written frame by frame,
-    gzipped when the client accepts gzip and the body is not small."""
-    if "application/msgpack" in request.headers.get("Accept", "") and "json" not in request.headers.get("Accept", ""):
+    """The QueryDataResponse: MessagePack when the client prefers it to JSON, else JSON, gzipped when the client
+    accepts gzip and the body is not small.
+
+    Everything that can fail (negotiation, encoding) happens before prepare(): once the status line is out an
+    error could only cut the body short, so after it the handler only compresses and writes."""
+    headers = {"Vary": "Accept, Accept-Encoding", **(headers or {})}
+    accept = qualities(request.headers.get("Accept", ""))
+    msgpack = accept.get("application/msgpack", 0.0)
+    if msgpack > 0 and msgpack > accept.get("application/json", 0.0):
         return web.Response(body=encode_msgpack(results), status=status, content_type="application/msgpack",
                             headers=headers)
-    chunks = json_chunks(results)
-    first: list[bytes] = []
-    size = 0
-    for chunk in chunks:  # small bodies are known whole before anything is sent
-        first.append(chunk)
-        size += len(chunk)
-        if size > GZIP_AFTER:
-            break
-    else:
-        return web.Response(body=b"".join(first), status=status, content_type="application/json", headers=headers)
-    gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
+    chunks = list(json_chunks(results))
+    size = sum(len(chunk) for chunk in chunks)
+    if size <= GZIP_AFTER:
+        return web.Response(body=b"".join(chunks), status=status, content_type="application/json", headers=headers)
+    encodings = qualities(request.headers.get("Accept-Encoding", ""))
+    gzip = encodings.get("gzip", encodings.get("*", 0.0)) > 0
     response = web.StreamResponse(status=status, headers=headers)
     response.content_type = "application/json"
     if gzip:
         response.headers["Content-Encoding"] = "gzip"
-        response.headers["Vary"] = "Accept-Encoding"
     await response.prepare(request)
     packer = zlib.compressobj(1, zlib.DEFLATED, 31) if gzip else None
-    pending: list[bytes] = first
-    pending_size = size
+    pending: list[bytes] = []
+    pending_size = 0
 
     async def flush() -> None:
         nonlocal pending, pending_size

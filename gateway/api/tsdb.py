@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.auth import authorize
 from gateway.binding import bind
-from gateway.keys import cache_key, config_key, metrics_key, store_key
+from gateway.keys import cache_key, config_key, metrics_key
 from gateway.legacy import convert, encode
 from gateway.query import MetricRequest, Resolver, execute, plan
 
@@ -23,7 +23,7 @@ async def query_metrics(request: web.Request) -> web.Response:
     identity = await authorize(request, "datasources:query")
     body = bind(await request.read(), request.content_type, MetricRequest)
     config = request.app[config_key]
-    resolver = Resolver(identity.org_id, request.app[cache_key], request.app[store_key],
+    resolver = Resolver(identity.org_id, request.app[cache_key],
                         lambda uid: identity.can("datasources:query", f"datasources:uid:{uid}"))
     work = await plan(body, resolver, config, datetime.now(UTC))
     answer, status = convert(await execute(work, config, metrics=request.app[metrics_key]))

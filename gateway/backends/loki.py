@@ -468,33 +468,10 @@ def parse_stats(custom: Any) -> list[dict[str, Any]] | None:
     return stats or None
 
 
-def _go_quote_value(value: str) -> str:
-    """Go's %q (strconv.Quote) for a label value: JSON-like escapes, printable Unicode kept."""
-    out = ['"']
-    for char in value:
-        if char in ('"', "\\"):
-            out.append("\\" + char)
-        elif char.isprintable() or char == " ":
-            out.append(char)
-        else:
-            code = ord(char)
-            named = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-            if char in named:
-                out.append(named[char])
-            elif code < 0x80:
-                out.append(f"\\x{code:02x}")
-            elif code < 0x10000:
-                out.append(f"\\u{code:04x}")
-            else:
-                out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
-
-
 def series_name(labels: Mapping[str, str], legend_format: str) -> str:
     """formatName: `{a="b", c="d"}` (parts sorted) without a legend format, else the template filled in."""
     if not legend_format:
-        return "{" + ", ".join(sorted(f"{key}={_go_quote_value(value)}" for key, value in labels.items())) + "}"
+        return "{" + ", ".join(sorted(f"{key}={go_quote(value)}" for key, value in labels.items())) + "}"
     return _LEGEND.sub(lambda match: labels.get(match.group(1).strip(), ""), legend_format)
 
 

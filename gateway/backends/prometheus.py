@@ -26,7 +26,7 @@ from gateway.backends.base import (
     pass_through,
     refuse_unlisted_writes,
 )
-from gateway.errors import GatewayError, MethodNotAllowed, UpstreamUnavailable, route_denied, translate
+from gateway.errors import GatewayError, MethodNotAllowed, UpstreamUnavailable, go_quote, route_denied, translate
 from gateway.frames import DataResponse, Field, Frame, Notice, meta
 from gateway.gtime import format_interval, go_duration_string, parse_interval_string, round_interval
 from gateway.http.client import Answer, clean_path
@@ -451,31 +451,10 @@ def legend(template: list[str] | str, labels: dict[str, str], expr: str) -> str:
 
 def _series_name(labels: dict[str, str]) -> str:
     metric = labels.get("__name__", "")
-    pairs = sorted(f"{key}={_go_quote(value)}" for key, value in labels.items() if key != "__name__")
+    pairs = sorted(f"{key}={go_quote(value)}" for key, value in labels.items() if key != "__name__")
     if not pairs:
         return metric or "{}"
     return f"{metric}{{{', '.join(pairs)}}}"
-
-
-def _go_quote(value: str) -> str:
-    """Go's %q for the usual label values: JSON's escaping without escaping non-ASCII."""
-    return msgspec.json.encode(value).decode().replace("\\u003c", "<").replace("\\u003e", ">") \
-        .replace("\\u0026", "&") if value.isprintable() else _ascii_quote(value)
-
-
-def _ascii_quote(value: str) -> str:
-    out = ['"']
-    for char in value:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif char.isprintable():
-            out.append(char)
-        else:
-            escapes = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\a": "\\a", "\b": "\\b", "\f": "\\f", "\v": "\\v"}
-            code = ord(char)
-            out.append(escapes.get(char) or (f"\\x{code:02x}" if code < 0x80 else
-                                             f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"))
-    return "".join(out) + '"'
 
 
 # -- Prometheus answers -> frames (converter/prom.go) ------------------------------------------------------

@@ -12,15 +12,17 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
 
+from gateway.backends import grafana
 from gateway.backends.base import Context
 from gateway.backends.registry import backend_for
 from gateway.binding import parse_id
 from gateway.crypto import SecretBox
-from gateway.datasources.models import is_valid_uid_chars
+from gateway.datasources.models import DataSource, is_valid_uid_chars
 from gateway.datasources.store import DataSourceStore
 from gateway.errors import UidInvalidPath
 from gateway.http.client import Clients
@@ -86,9 +88,61 @@ class DataSourceCache:
             loading.add_done_callback(lambda _: self._loading.pop(key, None))
         return await asyncio.shield(loading)
 
+    def built_in(self, org_id: int) -> Context:
+        """The org's -- Grafana -- data source (uid `grafana`), which no table holds."""
+        return Context(grafana.built_in(org_id), {}, grafana.Grafana(), self._clients)
+
+    async def get_default(self, org_id: int) -> Context:
+        """The org's default data source, from memory when possible; DataSourceNotFound otherwise."""
+        key: Key = ("default", org_id, None)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            self.hits += 1
+            return hit[1]
+        self.misses += 1
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = asyncio.get_running_loop().create_task(self._load(key, org_id, None, None))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(key, None))
+        return await asyncio.shield(loading)
+
+    async def get_many(self, org_id: int, uids: Iterable[str]) -> dict[str, Context]:
+        """The org's data sources among `uids` by uid, those not in memory read in one round trip; unknown and
+        malformed uids are left out."""
+        found: dict[str, Context] = {}
+        missing: list[str] = []
+        now = time.monotonic()
+        for uid in dict.fromkeys(uids):
+            hit = self._entries.get(("uid", org_id, uid))
+            if hit is not None and hit[0] > now:
+                self.hits += 1
+                found[uid] = hit[1]
+            elif is_valid_uid_chars(uid):
+                missing.append(uid)
+        if missing:
+            self.misses += len(missing)
+            generation = self._generation
+            for ds in await self._store.get_data_sources_by_uid(org_id, missing):
+                found[ds.uid] = self._keep(ds, generation)
+        return found
+
     async def _load(self, key: Key, org_id: int, id: int | None, uid: str | None) -> Context:
         generation = self._generation
-        ds = await self._store.get_data_source(org_id, id=id, uid=uid)
+        if key[0] == "default":
+            ds = await self._store.get_default_data_source(org_id)
+            hit = self._entries.get(("uid", ds.org_id, ds.uid))
+            if hit is not None and hit[0] > time.monotonic() and hit[1].ds == ds:
+                context = hit[1]  # the same data source, already open: keep its clients
+            else:
+                context = self._keep(ds, generation)
+            if generation == self._generation:
+                self._entries[key] = (self._entries[("uid", ds.org_id, ds.uid)][0], context)
+            return context
+        return self._keep(await self._store.get_data_source(org_id, id=id, uid=uid), generation)
+
+    def _keep(self, ds: DataSource, generation: int) -> Context:
+        """A data source read from Postgres, opened and cached (trusted while no change raced with the read)."""
         trusted = self._listening and generation == self._generation
         expires = math.inf if trusted else time.monotonic() + UNTRUSTED_TTL
         context = Context(ds, self._box.open_all(ds.secure_json_data), backend_for(ds.type), self._clients)
@@ -108,6 +162,8 @@ class DataSourceCache:
     def invalidate(self, org_id: int, ds_id: int, uid: str) -> None:
         """Forget one data source (it changed); loads in flight are used once but not trusted."""
         self._generation += 1
+        # any change may move the org's default flag (the data source that lost it sends no notice of its own)
+        self._entries.pop(("default", org_id, None), None)
         for key in (("id", org_id, ds_id), ("uid", org_id, uid)):
             hit = self._entries.get(key)
             if hit is not None:
@@ -123,7 +179,7 @@ class DataSourceCache:
         """Forget a data source; its clients close after a grace period, so requests that already
         hold them still complete (and the proxy retries once on a closed pool anyway)."""
         ds = context.ds
-        for key in (("id", ds.org_id, ds.id), ("uid", ds.org_id, ds.uid)):
+        for key in (("id", ds.org_id, ds.id), ("uid", ds.org_id, ds.uid), ("default", ds.org_id, None)):
             hit = self._entries.get(key)
             if hit is not None and hit[1] is context:
                 del self._entries[key]

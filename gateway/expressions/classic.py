@@ -94,11 +94,15 @@ class _Condition(NamedTuple):
     operator: str
 
 
+MAX_CONDITIONS = 100  # conditions one classic_conditions expression may hold
+
+
 class ClassicConditions(NamedTuple):
     """classic_conditions: reduce and evaluate each condition, combine them left to right into one Number."""
 
     ref_id: str
     conditions: tuple[_Condition, ...]
+    refused: int = 0  # the number of conditions sent, when more than MAX_CONDITIONS (none were read)
 
     def needs(self) -> list[str]:
         """The refIds this command reads."""
@@ -106,6 +110,9 @@ class ClassicConditions(NamedTuple):
 
     def run(self, variables: Mapping[str, list[Value]], time_range: TimeRange) -> list[Value]:
         """The command's values from the results so far; ExecutionError when it cannot run."""
+        if self.refused:
+            raise ExecutionError(f"classic_conditions has {self.refused} conditions; gateway evaluates at most "
+                                 f"{MAX_CONDITIONS} conditions per classic_conditions expression")
         firing = no_data = False
         matches: list[dict[str, Any]] = []
         for index, condition in enumerate(self.conditions):

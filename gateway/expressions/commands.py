@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.expressions.classic import _CLASSIC_REDUCERS, ClassicConditions, _Condition
+from gateway.expressions.classic import _CLASSIC_REDUCERS, MAX_CONDITIONS, ClassicConditions, _Condition
 from gateway.expressions.errors import BuildError
 from gateway.expressions.matheval import MathCommand
 from gateway.expressions.mathparse import parse_math
@@ -77,6 +77,8 @@ def command(ref_id: str, model: Mapping[str, Any]) -> Command:
 def _classic(ref_id: str, raw: Any) -> ClassicConditions:
     if raw is not None and not isinstance(raw, list):
         raise BuildError("failed to unmarshal remarshaled classic condition body")
+    if raw is not None and len(raw) > MAX_CONDITIONS:
+        return ClassicConditions(ref_id, (), refused=len(raw))  # an error of this refId alone, when it runs
     conditions: list[_Condition] = []
     for number, item in enumerate(raw or [], 1):
         if not isinstance(item, dict):

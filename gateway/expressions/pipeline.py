@@ -14,6 +14,7 @@ from gateway.backends.base import DataQuery
 from gateway.expressions.classic import ClassicConditions
 from gateway.expressions.commands import Command, _is_number, command
 from gateway.expressions.errors import BuildError, ExecutionError
+from gateway.expressions.resample import MAX_RESAMPLED_POINTS, Resample
 from gateway.expressions.values import Value, _frame, convert
 from gateway.frames import DataResponse
 from gateway.gtime import TimeRange
@@ -68,6 +69,7 @@ class Pipeline:
         command not started by `deadline` (time.monotonic()) is an error of its refId instead."""
         variables: dict[str, list[Value]] = {}
         errors: dict[str, str] = {}
+        points_left = MAX_RESAMPLED_POINTS
         for node in self.nodes:
             if node.command is None:
                 answer = answers.get(node.ref_id)
@@ -89,6 +91,14 @@ class Pipeline:
                 errors[node.ref_id] = (f"[sse.executionError] did not execute expression [{node.ref_id}]: the "
                                        "expressions ran out of time")
                 continue
+            if isinstance(node.command, Resample):
+                points = node.command.points(variables, self.time_range)
+                if points > points_left:
+                    errors[node.ref_id] = (f"resample would make {points} points; gateway answers at most "
+                                           f"{MAX_RESAMPLED_POINTS} resampled points per request (all resamples "
+                                           "and series together)")
+                    continue
+                points_left -= points
             try:
                 variables[node.ref_id] = node.command.run(variables, self.time_range)
             except ExecutionError as failure:

@@ -11,7 +11,7 @@ from gateway.expressions.reduce import _DOWNSAMPLERS, REDUCERS
 from gateway.expressions.values import _NS, NoData, Series, Value, _kind
 from gateway.gtime import TimeRange
 
-MAX_RESAMPLED_POINTS = 1_000_000  # points one resample may produce per series
+MAX_RESAMPLED_POINTS = 1_000_000  # points the resamples of one request may produce, all series together
 
 
 class Resample(NamedTuple):
@@ -39,6 +39,13 @@ class Resample(NamedTuple):
             else:
                 raise ExecutionError(f"can only resample type series, got type {_kind(value)}")
         return out
+
+    def points(self, variables: Mapping[str, list[Value]], time_range: TimeRange) -> int:
+        """How many points run() would produce (0 when it would fail before producing any)."""
+        if self.window_ns <= 0:
+            return 0
+        slots = (time_range.to_ms - time_range.from_ms) * _NS // self.window_ns + 1
+        return slots * sum(isinstance(value, Series) for value in variables[self.source])
 
     def resample(self, series: Series, start: int, end: int) -> Series:
         """One series on the points start, start+window, ... <= end (each slot takes the points in (t-window, t])."""

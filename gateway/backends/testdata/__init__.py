@@ -27,10 +27,12 @@ from gateway.backends.testdata.predictable import (
     table_static,
 )
 from gateway.backends.testdata.scenario import SERVER_NAMES as SERVER_NAMES  # re-exported: tests/test_testdata.py
-from gateway.backends.testdata.scenario import ScenarioFailure
+from gateway.backends.testdata.scenario import ScenarioFailure, start_value
 from gateway.backends.testdata.usadata import usa
 from gateway.backends.testdata.walks import (
     _heatmap,
+    _walk_budget,
+    random_walk,
     random_walk_scenario,
     random_walk_table,
     random_walk_with_error,
@@ -108,6 +110,16 @@ async def answer_query(query: DataQuery) -> DataResponse | None:
     try:
         return await handler(query, model)
     except (ScenarioFailure, LabelsPanic, CsvError) as failure:
+        return DataResponse(error=str(failure), status=500, error_source="plugin")
+
+
+def default_walk(query: DataQuery) -> DataResponse:
+    """One random walk from the default model (what -- Grafana -- answers to a randomWalk query)."""
+    model = Model()
+    try:
+        _walk_budget(query, 1)
+        return DataResponse([random_walk(query, model, 0, start_value(query, model))])
+    except ScenarioFailure as failure:
         return DataResponse(error=str(failure), status=500, error_source="plugin")
 
 

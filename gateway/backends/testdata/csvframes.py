@@ -15,6 +15,7 @@ import re
 from datetime import datetime
 from typing import Any
 
+from gateway.errors import go_quote
 from gateway.frames import Field, Frame
 
 _INT64 = (-(2**63), 2**63 - 1)
@@ -61,11 +62,7 @@ def go_float(token: str) -> float | None:
 def go_float_error(token: str) -> str:
     """The text of strconv.ParseFloat's error for a token go_float refuses."""
     reason = "value out of range" if _GO_DECIMAL.fullmatch(token) or _GO_HEX.fullmatch(token) else "invalid syntax"
-    return f'strconv.ParseFloat: parsing "{_go_quote(token)}": {reason}'
-
-
-def _go_quote(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    return f"strconv.ParseFloat: parsing {go_quote(token)}: {reason}"
 
 
 def parse_labels(text: str, series_index: int) -> dict[str, str]:

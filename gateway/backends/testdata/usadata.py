@@ -11,6 +11,7 @@ import msgspec
 from gateway.backends.base import DataQuery
 from gateway.backends.testdata.model import Model
 from gateway.backends.testdata.scenario import ScenarioFailure, go_mod, steps
+from gateway.errors import go_quote
 from gateway.frames import DataResponse, Field, Frame
 from gateway.gtime import parse_go_duration
 
@@ -63,17 +64,13 @@ _DURATION_UNITS = frozenset({"ns", "us", "µs", "μs", "ms", "s", "m", "h"})
 _DURATION_PART = re.compile(r"([0-9]*)(\.[0-9]*)?([^0-9.]*)")
 
 
-def _go_quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def go_duration_ns(text: str) -> int:
     """time.ParseDuration in nanoseconds; ScenarioFailure with Go's message when it is not one."""
     try:
         return round(parse_go_duration(text) * 1_000_000)
     except ValueError:
         pass
-    reason = f"invalid duration {_go_quote(text)}"
+    reason = f"invalid duration {go_quote(text)}"
     rest = text[1:] if text[:1] in ("+", "-") else text
     position = 0
     while rest and position < len(rest):
@@ -83,10 +80,10 @@ def go_duration_ns(text: str) -> int:
         if not number and len(fraction or "") <= 1:
             break
         if not unit:
-            reason = f"missing unit in duration {_go_quote(text)}"
+            reason = f"missing unit in duration {go_quote(text)}"
             break
         if unit not in _DURATION_UNITS:
-            reason = f"unknown unit {_go_quote(unit)} in duration {_go_quote(text)}"
+            reason = f"unknown unit {go_quote(unit)} in duration {go_quote(text)}"
             break
         position = match.end()
     raise ScenarioFailure(f"failed to parse query json: time: {reason}")
