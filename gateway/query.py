@@ -245,6 +245,8 @@ async def execute(work: Plan, config: Config, cache: CacheRun | None = None,
         metrics = None
     if metrics is not None:
         metrics.fanout.observe(len(work.groups))
+    if cache is not None and len(work.groups) > 1:
+        await cache.load(work.groups[0].context.ds.org_id, (group.context.ds.uid for group in work.groups))
     answers = await asyncio.gather(*(_observed(group, limit, cache, metrics) for group in work.groups))
     merged: dict[str, DataResponse] = {}
     for answer in answers:

@@ -123,8 +123,7 @@ async def test_permission_is_checked_per_data_source(client, make_token):
     assert response.status == 403 and "datasources:query" in (await response.json())["message"]
 
 
-
-async def test_the_data_sources_of_a_request_are_read_in_one_round_trip_and_the_default_is_cached(
+async def test_the_data_sources_of_a_request_and_their_cache_settings_are_read_in_one_round_trip_each(
         client, aiohttp_client, database_url, make_token):
     from gateway.app import create_app
     from gateway.keys import db_key
@@ -147,6 +146,8 @@ async def test_the_data_sources_of_a_request_are_read_in_one_round_trip_and_the_
     assert results["D"]["frames"][0]["data"]["values"][1] == [7]
     reads = [sql for sql in statements if "FROM data_source" in sql]
     assert len(reads) == 2 and "any($2::text[])" in reads[0] and "is_default" in reads[1], reads
+    settings = [sql for sql in statements if "data_source_cache" in sql]  # the query cache's, also at once
+    assert len(settings) == 1 and "unnest($2::text[])" in settings[0], settings
     for _ in range(50):  # the default now comes from memory like the rest (trusted once the listener is up)
         statements.clear()
         assert (await post(single, body)).status == 200

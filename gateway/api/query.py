@@ -40,31 +40,38 @@ async def query_metrics_v2(request: web.Request) -> web.StreamResponse:
 
 async def write_results(request: web.Request, results: dict[str, DataResponse], status: int,
                         headers: dict[str, str] | None = None) -> web.StreamResponse:
-    """The QueryDataResponse: MessagePack when the client prefers it to JSON, else JSON, gzipped when the client
-    accepts gzip and the body is not small.
+    """The QueryDataResponse: MessagePack when the client prefers it to JSON, else JSON written frame by frame,
+    gzipped when the client accepts gzip and the body is not small.
 
-    Everything that can fail (negotiation, encoding) happens before prepare(): once the status line is out an
-    error could only cut the body short, so after it the handler only compresses and writes."""
+    The negotiation happens before prepare(). A large body is encoded while it is written, so that it is never
+    held whole; should encoding fail past the status line, the chunked body ends without its last chunk and the
+    client sees a cut answer, never a complete-looking one."""
     headers = {"Vary": "Accept, Accept-Encoding", **(headers or {})}
     accept = qualities(request.headers.get("Accept", ""))
     msgpack = accept.get("application/msgpack", 0.0)
     if msgpack > 0 and msgpack > accept.get("application/json", 0.0):
         return web.Response(body=encode_msgpack(results), status=status, content_type="application/msgpack",
                             headers=headers)
-    chunks = list(json_chunks(results))
-    size = sum(len(chunk) for chunk in chunks)
-    if size <= GZIP_AFTER:
-        return web.Response(body=b"".join(chunks), status=status, content_type="application/json", headers=headers)
     encodings = qualities(request.headers.get("Accept-Encoding", ""))
     gzip = encodings.get("gzip", encodings.get("*", 0.0)) > 0
+    chunks = json_chunks(results)
+    first: list[bytes] = []
+    size = 0
+    for chunk in chunks:  # small bodies are known whole before anything is sent
+        first.append(chunk)
+        size += len(chunk)
+        if size > GZIP_AFTER:
+            break
+    else:
+        return web.Response(body=b"".join(first), status=status, content_type="application/json", headers=headers)
     response = web.StreamResponse(status=status, headers=headers)
     response.content_type = "application/json"
     if gzip:
         response.headers["Content-Encoding"] = "gzip"
     await response.prepare(request)
     packer = zlib.compressobj(1, zlib.DEFLATED, 31) if gzip else None
-    pending: list[bytes] = []
-    pending_size = 0
+    pending: list[bytes] = first
+    pending_size = size
 
     async def flush() -> None:
         nonlocal pending, pending_size

@@ -7,9 +7,10 @@ data source and answers `X-Cache: ERROR`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 
@@ -150,6 +151,12 @@ class CacheRun:
         self.results.extend([result] * count)
         for _ in range(count):
             self._cache.stats.count(result)
+
+    async def load(self, org_id: int, uids: Iterable[str]) -> None:
+        """Read the settings of the request's data sources at once (run() then finds them in memory); a failure
+        is left for run() to meet and answer as a cache error."""
+        with contextlib.suppress(GatewayError):
+            await self._cache.settings.load(org_id, uids)
 
     async def run(self, ctx: Context, queries: list[DataQuery], call: Call) -> dict[str, DataResponse]:
         """The answers of one data source's queries (authorization was checked when the request was planned)."""
