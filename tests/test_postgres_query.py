@@ -380,6 +380,26 @@ async def test_a_query_leaves_no_setting_behind_on_its_connection(client, databa
     assert body["results"]["A"]["frames"][0]["data"]["values"] != [["Asia/Tokyo"]]
 
 
+async def test_a_pooled_connection_is_clean_before_its_next_query(client, database_url, db):
+    await add_pg(client, database_url, maxOpenConns=1)  # one connection: every query below runs on it
+    status, body = await answer(client, sql_query("PREPARE gw_leak AS SELECT 1; SELECT pg_backend_pid() AS pid, "
+                                                  "pg_advisory_lock(424242)::text AS l", format="table"))
+    assert status == 200, body
+    pid = body["results"]["A"]["frames"][0]["data"]["values"][0][0]
+    # a session setting made to outlive the transaction (the query fails, the COMMIT already happened)
+    status, body = await answer(client, sql_query("SELECT set_config('statement_timeout', '0', false), "
+                                                  "set_config('gw.leak', 'yes', false); COMMIT", format="table"))
+    assert body["results"]["A"]["error"] == "db query error: a query may not end its read-only transaction"
+    assert await db.fetchval("SELECT pg_try_advisory_lock(424242)")  # the lock went with the first query
+    await db.execute("SELECT pg_advisory_unlock(424242)")
+    status, body = await answer(client, sql_query(
+        "SELECT pg_backend_pid() AS pid, (SELECT count(*) FROM pg_prepared_statements WHERE name = 'gw_leak') AS p,"
+        " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks,"
+        " coalesce(current_setting('gw.leak', true), '') AS s", format="table"))
+    assert status == 200, body
+    assert body["results"]["A"]["frames"][0]["data"]["values"] == [[pid], [0], [0], [""]]
+
+
 def test_resample_takes_the_last_row_of_each_slot_and_fills_the_rest():
     from gateway.backends.sql import resample
 
