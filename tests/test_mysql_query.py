@@ -177,3 +177,49 @@ def test_mysql_macros_expand_as_grafanas(sql, expanded):
 def test_mysql_macro_errors(sql, message):
     with pytest.raises(MacroError, match=message):
         _macros().expand(sql)
+
+
+async def test_a_pooled_connection_is_clean_before_its_next_query(client):
+    await add_mysql(client, jsonData={"maxOpenConns": 1})  # one connection: both queries run on it
+    status, body = await query(client, {"refId": "A", "format": "table", "rawSql":
+        "SELECT CONNECTION_ID() AS id, @gw_leak := 7 AS v, GET_LOCK('gw_leak_lock', 0) AS l, LAST_INSERT_ID(5) AS n"})
+    assert status == 200, body
+    connection, value, locked, _ = body["results"]["A"]["frames"][0]["data"]["values"]
+    assert value == [7] and locked == [1]
+    status, body = await query(client, {"refId": "A", "format": "table", "rawSql":
+        "SELECT CONNECTION_ID() AS id, @gw_leak AS v, IS_USED_LOCK('gw_leak_lock') AS l, LAST_INSERT_ID() AS n, "
+        "@@session.tx_read_only AS ro"})
+    assert status == 200, body
+    assert body["results"]["A"]["frames"][0]["data"]["values"] == [connection, [None], [None], [0], [1]]
+
+
+async def test_a_cancelled_query_stops_on_the_server(client):
+    import asyncio
+
+    await add_mysql(client, jsonData={"timeout": 60})
+    marker = f"gw_cancel_{secrets.token_hex(4)}"
+    request = asyncio.ensure_future(query(client, {"refId": "A", "format": "table",
+                                                   "rawSql": f"SELECT SLEEP(20) AS {marker}"}))
+    conn = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="", db="test")
+
+    async def running() -> int:
+        async with conn.cursor() as cursor:
+            await cursor.execute("SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+                                 "AND INFO LIKE %s", (f"%{marker}%",))
+            (total,) = await cursor.fetchone()
+        return int(total)
+
+    try:
+        for _ in range(100):
+            if await running():
+                break
+            await asyncio.sleep(0.05)
+        assert await running() == 1
+        request.cancel()  # the client leaves
+        for _ in range(60):
+            await asyncio.sleep(0.05)
+            if not await running():
+                break
+        assert await running() == 0
+    finally:
+        conn.close()
