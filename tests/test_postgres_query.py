@@ -207,6 +207,22 @@ def test_long_to_wide_sorts_fields_and_rejects_unsorted_time():
         long_to_wide(columns, None)
 
 
+def test_long_to_wide_and_fill_stop_at_the_cell_bound():
+    from gateway.backends.sql import ResampleError, resample
+
+    columns = [Column("Time", "time", [1, 1, 2, 3]), Column("host", "string", ["a", "b", "c", "d"]),
+               Column("v", "float64", [1.0, 2.0, 3.0, 4.0])]
+    assert len(long_to_wide(columns, None, max_cells=12)) == 5  # 3 times x 4 series: exactly at the bound
+    with pytest.raises(ValueError, match="more than 11 cells"):
+        long_to_wide(columns, None, max_cells=11)
+    with pytest.raises(ValueError, match="more than 5 cells"):  # the third series, before its field exists
+        long_to_wide(columns, None, max_cells=5)
+    wide = [Column("Time", "time", [0]), Column("v", "float64", [1.0]), Column("w", "float64", [2.0])]
+    assert len(resample(wide, Fill(1, "null"), 0, 3_000_000_000, 1_000_000_000, 100, max_cells=12)[0].values) == 4
+    with pytest.raises(ResampleError, match="too many cells"):
+        resample(wide, Fill(1, "null"), 0, 3_000_000_000, 1_000_000_000, 100, max_cells=11)
+
+
 # -- end to end -------------------------------------------------------------------------------------------
 
 async def test_errors_come_per_refid_with_the_executed_sql(client, database_url):
@@ -302,6 +318,20 @@ async def test_rows_stop_at_the_row_limit_with_grafanas_notice(aiohttp_client, a
     frame = body["results"]["A"]["frames"][0]
     assert status == 200 and len(frame["data"]["values"][0]) == 1
     assert frame["schema"]["meta"]["notices"] == [{"severity": "warning", "text": "Failed to resample dataframe"}]
+
+
+async def test_a_long_frame_too_wide_to_pivot_fails_its_refid(client, database_url):
+    await add_pg(client, database_url)
+    # 5000 distinct times x 5000 distinct hosts: 25 million cells, past the bound of 10 million
+    sql = "SELECT to_timestamp(n) AS time, n::text AS host, 1.0 AS v FROM generate_series(1, 5000) AS n ORDER BY 1"
+    started = time.monotonic()
+    status, body = await answer(client, sql_query(sql), sql_query("SELECT 1 AS x", "B", format="table"))
+    assert status == 400 and time.monotonic() - started < 10
+    assert body["results"]["A"]["error"] == (
+        "failed to convert long to wide series when converting from dataframe: the wide frame would have more than "
+        "10000000 cells (distinct times x series); narrow the time range, group by fewer labels or use the table "
+        "format")
+    assert body["results"]["B"]["status"] == 200
 
 
 async def test_sub_second_fill_intervals_align_to_the_interval(client, database_url):
