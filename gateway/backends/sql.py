@@ -46,7 +46,8 @@ def host_port(ctx: Context, default_port: int) -> tuple[str, int]:
 
 
 def max_open_conns(ctx: Context) -> int:
-    """jsonData.maxOpenConns when positive (at most MAX_OPEN_CONNS), else Grafana's default."""
+    """jsonData.maxOpenConns when positive (at most MAX_OPEN_CONNS: see SqlBackend.max_concurrency), else
+    Grafana's default."""
     value = ctx.ds.options.get("maxOpenConns")
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         return DEFAULT_MAX_OPEN_CONNS
@@ -60,8 +61,14 @@ class SqlBackend(Backend):
     served = True
 
     def max_concurrency(self, ctx: Context) -> int:
-        """As many queries at once as the pool has connections (jsonData.maxOpenConns)."""
-        return max_open_conns(ctx)
+        """As many queries at once as the pool has connections (jsonData.maxOpenConns); asked once per data
+        source version (Context.slot), so a capped maxOpenConns is logged once."""
+        limit = max_open_conns(ctx)
+        asked = ctx.ds.options.get("maxOpenConns")
+        if isinstance(asked, int) and asked > limit:
+            log.warning("data source %s: jsonData.maxOpenConns %d capped at %d connections per worker",
+                        ctx.ds.uid, asked, limit)
+        return limit
 
     async def run_query(self, ctx: Context, query: DataQuery, raw_sql: str, fmt: str) -> DataResponse:
         """One query with its rawSql and format."""
