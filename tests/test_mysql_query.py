@@ -11,9 +11,10 @@ import msgspec
 import pytest
 
 from gateway.backends.base import DataQuery
-from gateway.backends.mysql import MySQLMacros
+from gateway.backends.mysql import MySQLMacros, _kill_query
 from gateway.backends.sql import MacroError
 from gateway.gtime import TimeRange
+from gateway.keys import cache_key
 from tests.conftest import ADMIN, make_config
 
 FROM_MS, TO_MS = 1_700_000_000_000, 1_700_000_600_000  # 2023-11-14T22:13:20Z + 10 minutes
@@ -202,24 +203,27 @@ async def test_a_cancelled_query_stops_on_the_server(client):
                                                    "rawSql": f"SELECT SLEEP(20) AS {marker}"}))
     conn = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="", db="test")
 
-    async def running() -> int:
+    async def running() -> list[int]:
         async with conn.cursor() as cursor:
-            await cursor.execute("SELECT count(*) FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+            await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
                                  "AND INFO LIKE %s", (f"%{marker}%",))
-            (total,) = await cursor.fetchone()
-        return int(total)
+            return [int(row[0]) for row in await cursor.fetchall()]
 
     try:
         for _ in range(100):
             if await running():
                 break
             await asyncio.sleep(0.05)
-        assert await running() == 1
+        (thread_id,) = await running()
+        # a thread that runs another statement (another server's thread of the same id) is left alone
+        ctx = await client.app[cache_key].get(1, uid="my")
+        await _kill_query(ctx, thread_id, "SELECT 1")
+        assert await running() == [thread_id]
         request.cancel()  # the client leaves
         for _ in range(60):
             await asyncio.sleep(0.05)
             if not await running():
                 break
-        assert await running() == 0
+        assert await running() == []
     finally:
         conn.close()

@@ -222,10 +222,12 @@ async def _reset(conn: Any) -> None:
         conn.close()
 
 
-async def _kill_query(ctx: Context, thread_id: int) -> None:
+async def _kill_query(ctx: Context, thread_id: int, sql: str) -> None:
     """Stop the statement of a query given up on (the client left, or the deadline passed): closing its
     connection does not stop the server's thread, which runs on until the statement ends. KILL QUERY over a
-    short-lived connection of its own, within KILL_TIMEOUT; a failure is only logged."""
+    short-lived connection of its own, within KILL_TIMEOUT, only while that thread still runs this very
+    statement (behind a load balancer the new connection may reach another server, where the id is someone
+    else's); a failure is only logged."""
     import asyncmy
 
     try:
@@ -233,7 +235,10 @@ async def _kill_query(ctx: Context, thread_id: int) -> None:
             killer = await asyncmy.connect(**connect_options(ctx))
             try:
                 async with killer.cursor() as cursor:
-                    await cursor.execute(f"KILL QUERY {int(thread_id)}")
+                    await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = %s AND INFO = %s",
+                                         (thread_id, sql))
+                    if await cursor.fetchall():
+                        await cursor.execute(f"KILL QUERY {int(thread_id)}")
             finally:
                 killer.close()
     except Exception as error:  # asyncmy raises pymysql-style errors, OSError and TimeoutError
@@ -278,7 +283,7 @@ async def execute(ctx: Context, sql: str, row_limit: int) -> tuple[list[Column],
                     await _reset(conn)  # rolls back too
     except asyncio.CancelledError:
         broken = True
-        await _kill_query(ctx, thread_id)
+        await _kill_query(ctx, thread_id, sql)
         raise
     except SqlError:
         broken = True
