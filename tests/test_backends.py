@@ -356,3 +356,37 @@ async def test_postgres_data_sources_get_their_own_bounded_pool_closed_on_change
     assert pool.get_max_size() == 3 and ctx._http is None  # no HTTP pool for a SQL data source
     await ctx.close()
     assert pool._closed
+
+
+async def test_a_replaced_data_source_stays_open_for_its_query_timeout(client, database_url, caplog):
+    import logging
+
+    from gateway.datasources.cache import RETIRE_GRACE
+    from gateway.keys import cache_key, config_key
+
+    parts = urlsplit(database_url)
+    body = {"name": "pg", "uid": "pg", "type": "grafana-postgresql-datasource", "access": "proxy",
+            "url": f"{parts.hostname}:{parts.port or 5432}", "user": parts.username or "postgres",
+            "database": parts.path.lstrip("/"), "jsonData": {"sslmode": "disable", "maxOpenConns": 500, "timeout": 120}}
+    created = await add(client, **body)
+    cache = client.app[cache_key]
+    query = {"queries": [{"refId": "A", "datasource": {"uid": "pg"}, "rawSql": "SELECT 1 AS x", "format": "table"}]}
+    with caplog.at_level(logging.WARNING, logger="gateway.sql"):
+        for _ in range(2):
+            assert (await client.post("/api/ds/query", json=query, headers=ADMIN)).status == 200
+    ctx = await cache.get(1, uid="pg")
+    assert (await ctx.resource("postgres", None)).get_max_size() == 100
+    # the cap on maxOpenConns is said once for this version of the data source
+    assert [record.getMessage() for record in caplog.records if record.name == "gateway.sql"] == [
+        "data source pg: jsonData.maxOpenConns 500 capped at 100 connections per worker"]
+    # a change retires the old clients only after a query that just started could have run to its timeout
+    assert cache.retiring(ctx) is None
+    body["jsonData"] = {"sslmode": "disable"}
+    response = await client.put(f"/api/datasources/{created['id']}", json=body, headers=ADMIN)
+    assert response.status == 200, await response.text()
+    assert 120 + RETIRE_GRACE - 1 < (cache.retiring(ctx) or 0) <= 120 + RETIRE_GRACE
+    # without a timeout of its own, [dataproxy] timeout
+    fresh = await cache.get(1, uid="pg")
+    cache.invalidate(1, fresh.ds.id, "pg")
+    timeout = client.app[config_key].dataproxy.timeout
+    assert timeout + RETIRE_GRACE - 1 < (cache.retiring(fresh) or 0) <= timeout + RETIRE_GRACE

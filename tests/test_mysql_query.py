@@ -11,9 +11,10 @@ import msgspec
 import pytest
 
 from gateway.backends.base import DataQuery
-from gateway.backends.mysql import MySQLMacros
+from gateway.backends.mysql import MySQLMacros, _kill_query
 from gateway.backends.sql import MacroError
 from gateway.gtime import TimeRange
+from gateway.keys import cache_key
 from tests.conftest import ADMIN, make_config
 
 FROM_MS, TO_MS = 1_700_000_000_000, 1_700_000_600_000  # 2023-11-14T22:13:20Z + 10 minutes
@@ -177,3 +178,52 @@ def test_mysql_macros_expand_as_grafanas(sql, expanded):
 def test_mysql_macro_errors(sql, message):
     with pytest.raises(MacroError, match=message):
         _macros().expand(sql)
+
+
+async def test_a_pooled_connection_is_clean_before_its_next_query(client):
+    await add_mysql(client, jsonData={"maxOpenConns": 1})  # one connection: both queries run on it
+    status, body = await query(client, {"refId": "A", "format": "table", "rawSql":
+        "SELECT CONNECTION_ID() AS id, @gw_leak := 7 AS v, GET_LOCK('gw_leak_lock', 0) AS l, LAST_INSERT_ID(5) AS n"})
+    assert status == 200, body
+    connection, value, locked, _ = body["results"]["A"]["frames"][0]["data"]["values"]
+    assert value == [7] and locked == [1]
+    status, body = await query(client, {"refId": "A", "format": "table", "rawSql":
+        "SELECT CONNECTION_ID() AS id, @gw_leak AS v, IS_USED_LOCK('gw_leak_lock') AS l, LAST_INSERT_ID() AS n, "
+        "@@session.tx_read_only AS ro"})
+    assert status == 200, body
+    assert body["results"]["A"]["frames"][0]["data"]["values"] == [connection, [None], [None], [0], [1]]
+
+
+async def test_a_cancelled_query_stops_on_the_server(client):
+    import asyncio
+
+    await add_mysql(client, jsonData={"timeout": 60})
+    marker = f"gw_cancel_{secrets.token_hex(4)}"
+    request = asyncio.ensure_future(query(client, {"refId": "A", "format": "table",
+                                                   "rawSql": f"SELECT SLEEP(20) AS {marker}"}))
+    conn = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="", db="test")
+
+    async def running() -> list[int]:
+        async with conn.cursor() as cursor:
+            await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+                                 "AND INFO LIKE %s", (f"%{marker}%",))
+            return [int(row[0]) for row in await cursor.fetchall()]
+
+    try:
+        for _ in range(100):
+            if await running():
+                break
+            await asyncio.sleep(0.05)
+        (thread_id,) = await running()
+        # a thread that runs another statement (another server's thread of the same id) is left alone
+        ctx = await client.app[cache_key].get(1, uid="my")
+        await _kill_query(ctx, thread_id, "SELECT 1")
+        assert await running() == [thread_id]
+        request.cancel()  # the client leaves
+        for _ in range(60):
+            await asyncio.sleep(0.05)
+            if not await running():
+                break
+        assert await running() == []
+    finally:
+        conn.close()

@@ -207,6 +207,22 @@ def test_long_to_wide_sorts_fields_and_rejects_unsorted_time():
         long_to_wide(columns, None)
 
 
+def test_long_to_wide_and_fill_stop_at_the_cell_bound():
+    from gateway.backends.sql import ResampleError, resample
+
+    columns = [Column("Time", "time", [1, 1, 2, 3]), Column("host", "string", ["a", "b", "c", "d"]),
+               Column("v", "float64", [1.0, 2.0, 3.0, 4.0])]
+    assert len(long_to_wide(columns, None, max_cells=12)) == 5  # 3 times x 4 series: exactly at the bound
+    with pytest.raises(ValueError, match="more than 11 cells"):
+        long_to_wide(columns, None, max_cells=11)
+    with pytest.raises(ValueError, match="more than 5 cells"):  # the third series, before its field exists
+        long_to_wide(columns, None, max_cells=5)
+    wide = [Column("Time", "time", [0]), Column("v", "float64", [1.0]), Column("w", "float64", [2.0])]
+    assert len(resample(wide, Fill(1, "null"), 0, 3_000_000_000, 1_000_000_000, 100, max_cells=12)[0].values) == 4
+    with pytest.raises(ResampleError, match="too many cells"):
+        resample(wide, Fill(1, "null"), 0, 3_000_000_000, 1_000_000_000, 100, max_cells=11)
+
+
 # -- end to end -------------------------------------------------------------------------------------------
 
 async def test_errors_come_per_refid_with_the_executed_sql(client, database_url):
@@ -304,6 +320,20 @@ async def test_rows_stop_at_the_row_limit_with_grafanas_notice(aiohttp_client, a
     assert frame["schema"]["meta"]["notices"] == [{"severity": "warning", "text": "Failed to resample dataframe"}]
 
 
+async def test_a_long_frame_too_wide_to_pivot_fails_its_refid(client, database_url):
+    await add_pg(client, database_url)
+    # 5000 distinct times x 5000 distinct hosts: 25 million cells, past the bound of 10 million
+    sql = "SELECT to_timestamp(n) AS time, n::text AS host, 1.0 AS v FROM generate_series(1, 5000) AS n ORDER BY 1"
+    started = time.monotonic()
+    status, body = await answer(client, sql_query(sql), sql_query("SELECT 1 AS x", "B", format="table"))
+    assert status == 400 and time.monotonic() - started < 10
+    assert body["results"]["A"]["error"] == (
+        "failed to convert long to wide series when converting from dataframe: the wide frame would have more than "
+        "10000000 cells (distinct times x series); narrow the time range, group by fewer labels or use the table "
+        "format")
+    assert body["results"]["B"]["status"] == 200
+
+
 async def test_sub_second_fill_intervals_align_to_the_interval(client, database_url):
     await add_pg(client, database_url)
     sql = ("SELECT $__timeGroupAlias(t, 500ms, previous), v FROM (VALUES (to_timestamp(1703427322.6), 1.5)) AS q(t, v)"
@@ -378,6 +408,26 @@ async def test_a_query_leaves_no_setting_behind_on_its_connection(client, databa
     assert status == 200 and body["results"]["A"]["frames"][0]["data"]["values"] == [["Asia/Tokyo"]]
     status, body = await answer(client, sql_query("SELECT current_setting('TimeZone') AS tz", format="table"))
     assert body["results"]["A"]["frames"][0]["data"]["values"] != [["Asia/Tokyo"]]
+
+
+async def test_a_pooled_connection_is_clean_before_its_next_query(client, database_url, db):
+    await add_pg(client, database_url, maxOpenConns=1)  # one connection: every query below runs on it
+    status, body = await answer(client, sql_query("PREPARE gw_leak AS SELECT 1; SELECT pg_backend_pid() AS pid, "
+                                                  "pg_advisory_lock(424242)::text AS l", format="table"))
+    assert status == 200, body
+    pid = body["results"]["A"]["frames"][0]["data"]["values"][0][0]
+    # a session setting made to outlive the transaction (the query fails, the COMMIT already happened)
+    status, body = await answer(client, sql_query("SELECT set_config('statement_timeout', '0', false), "
+                                                  "set_config('gw.leak', 'yes', false); COMMIT", format="table"))
+    assert body["results"]["A"]["error"] == "db query error: a query may not end its read-only transaction"
+    assert await db.fetchval("SELECT pg_try_advisory_lock(424242)")  # the lock went with the first query
+    await db.execute("SELECT pg_advisory_unlock(424242)")
+    status, body = await answer(client, sql_query(
+        "SELECT pg_backend_pid() AS pid, (SELECT count(*) FROM pg_prepared_statements WHERE name = 'gw_leak') AS p,"
+        " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks,"
+        " coalesce(current_setting('gw.leak', true), '') AS s", format="table"))
+    assert status == 200, body
+    assert body["results"]["A"]["frames"][0]["data"]["values"] == [[pid], [0], [0], [""]]
 
 
 def test_resample_takes_the_last_row_of_each_slot_and_fills_the_rest():

@@ -1,7 +1,8 @@
 """MySQL and MariaDB (`mysql`): a bounded asyncmy pool per data source; every query runs alone (one statement,
 as Grafana's driver), in a READ ONLY transaction that is rolled back, under a statement time limit, its rows
-bounded by [dataproxy] row_limit; MySQL's macros (spec-query §13, Grafana's mysql macros.go); health as
-Grafana checks it (SELECT 1)."""
+bounded by [dataproxy] row_limit, and its connection is reset before the pool hands it out again (a cancelled
+statement is killed); MySQL's macros (spec-query §13, Grafana's mysql macros.go); health as Grafana checks it
+(SELECT 1)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ log = logging.getLogger("gateway.mysql")
 
 CONNECT_TIMEOUT = 10
 IDLE_SECONDS = 60  # an idle connection to a data source is recycled after this
+KILL_TIMEOUT = 5.0  # seconds for stopping the statement of a cancelled query (connect and KILL QUERY)
+READ_ONLY_SESSION = "SET SESSION TRANSACTION READ ONLY"
 
 
 def connect_options(ctx: Context) -> dict[str, Any]:
@@ -47,7 +50,7 @@ def connect_options(ctx: Context) -> dict[str, Any]:
         "db": str(ds.options.get("database", "") or "") or ds.database or None,  # jsonData's first, as Grafana
         "connect_timeout": CONNECT_TIMEOUT, "autocommit": True, "charset": "utf8mb4",
         # every session refuses writes, whatever the user's grants allow
-        "init_command": "SET SESSION TRANSACTION READ ONLY",
+        "init_command": READ_ONLY_SESSION,
     }
 
 
@@ -199,9 +202,52 @@ async def _one_statement_only(conn: Any) -> None:
         raise SqlError("db query error", "the server refused to run one statement at a time")
 
 
+RESET_CONNECTION = 0x1F  # COM_RESET_CONNECTION (MySQL 5.7.3, MariaDB 10.2.4)
+
+
+async def _reset(conn: Any) -> None:
+    """Roll back and clean the session before the pool hands the connection out again: COM_RESET_CONNECTION
+    drops user variables, GET_LOCK locks, session variables, temporary tables and prepared statements; the
+    session is then made read only again. When that fails (an older server) the connection is closed, and
+    the pool opens a new one."""
+    try:
+        await conn._execute_command(RESET_CONNECTION, b"")
+        packet = await conn.read_packet()
+        if not packet.is_ok_packet():
+            raise ValueError("COM_RESET_CONNECTION was not answered OK")
+        async with conn.cursor() as cursor:
+            await cursor.execute(READ_ONLY_SESSION)
+    except Exception as error:  # whatever the driver raises: the session's state is unknown, so it goes
+        log.info("closing a connection that could not be reset: %s", type(error).__name__)
+        conn.close()
+
+
+async def _kill_query(ctx: Context, thread_id: int, sql: str) -> None:
+    """Stop the statement of a query given up on (the client left, or the deadline passed): closing its
+    connection does not stop the server's thread, which runs on until the statement ends. KILL QUERY over a
+    short-lived connection of its own, within KILL_TIMEOUT, only while that thread still runs this very
+    statement (behind a load balancer the new connection may reach another server, where the id is someone
+    else's); a failure is only logged."""
+    import asyncmy
+
+    try:
+        async with asyncio.timeout(KILL_TIMEOUT):
+            killer = await asyncmy.connect(**connect_options(ctx))
+            try:
+                async with killer.cursor() as cursor:
+                    await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = %s AND INFO = %s",
+                                         (thread_id, sql))
+                    if await cursor.fetchall():
+                        await cursor.execute(f"KILL QUERY {int(thread_id)}")
+            finally:
+                killer.close()
+    except Exception as error:  # asyncmy raises pymysql-style errors, OSError and TimeoutError
+        log.warning("data source %s: cannot stop a cancelled query: %s", ctx.ds.uid, type(error).__name__)
+
+
 async def execute(ctx: Context, sql: str, row_limit: int) -> tuple[list[Column], list[Notice]]:
-    """Run the one statement in a READ ONLY transaction (rolled back), with a time limit and at most
-    row_limit + 1 rows sent by the server."""
+    """Run the one statement in a READ ONLY transaction, with a time limit and at most row_limit + 1 rows
+    sent by the server; then reset the connection (_reset). A cancelled statement is killed (_kill_query)."""
     seconds = max(0.001, ctx.backend.query_timeout(ctx) * STATEMENT_SHARE)
     try:
         connections = await pool(ctx)
@@ -214,13 +260,15 @@ async def execute(ctx: Context, sql: str, row_limit: int) -> tuple[list[Column],
         log.warning("data source %s: cannot connect: %s", ctx.ds.uid, type(error).__name__)
         raise SqlError("db query error", f"failed to connect to server - {USER_FACING_DEFAULT_ERROR}") from None
     broken = False
+    thread_id = conn.thread_id()
     try:
         await _one_statement_only(conn)
         async with conn.cursor() as cursor:
             mariadb = "mariadb" in str(conn.get_server_info()).lower()
             limit = f"max_statement_time = {seconds:.3f}" if mariadb else f"max_execution_time = {int(seconds * 1000)}"
-            # the server sends at most row_limit + 1 rows and stops the statement in time; times are UTC
-            await cursor.execute(f"SET SESSION sql_select_limit = {row_limit + 1}, SESSION {limit}, "
+            # the server sends at most row_limit + 1 rows and stops the statement in time; times are UTC (the
+            # character set again too: a reset may have set the server's default)
+            await cursor.execute(f"SET NAMES utf8mb4, SESSION sql_select_limit = {row_limit + 1}, SESSION {limit}, "
                                  "SESSION time_zone = '+00:00'")
             await cursor.execute("START TRANSACTION READ ONLY")
             try:
@@ -228,12 +276,16 @@ async def execute(ctx: Context, sql: str, row_limit: int) -> tuple[list[Column],
                 description = cursor.description
                 rows = list(await cursor.fetchall()) if description else []
             except asyncio.CancelledError:
-                broken = True  # mid-statement: the connection is closed, not rolled back
+                broken = True  # mid-statement: the statement is killed and the connection closed
                 raise
             finally:
                 if not broken:
-                    await cursor.execute("ROLLBACK")
-    except (SqlError, asyncio.CancelledError):
+                    await _reset(conn)  # rolls back too
+    except asyncio.CancelledError:
+        broken = True
+        await _kill_query(ctx, thread_id, sql)
+        raise
+    except SqlError:
         broken = True
         raise
     except Exception as error:  # the server's error for this statement, as the driver raises it

@@ -66,8 +66,8 @@ async def pool(ctx: Context) -> Any:
     async def open_pool() -> Any:
         # user SQL varies without end: no statement cache, so nothing is kept prepared on the server
         return await asyncpg.create_pool(min_size=0, max_size=max_open_conns(ctx), init=_text_codecs,
-                                         statement_cache_size=0, max_inactive_connection_lifetime=IDLE_SECONDS,
-                                         **connect_options(ctx))
+                                         reset=_reset, statement_cache_size=0,
+                                         max_inactive_connection_lifetime=IDLE_SECONDS, **connect_options(ctx))
 
     return await ctx.resource("postgres", open_pool)
 
@@ -108,6 +108,17 @@ FETCH_CHUNK = 1000  # rows read from a cursor at a time
 BEGIN = "BEGIN READ ONLY"
 SET_TIMEOUT = "SELECT set_config('statement_timeout', $1, true)"
 ROLLBACK = "ROLLBACK"
+
+
+# what a connection is cleaned with before its pool hands it out again: asyncpg's own reset (advisory locks,
+# cursors, LISTEN, RESET ALL) leaves PREPAREd statements, temporary tables and SET SESSION AUTHORIZATION behind
+RESET = "DISCARD ALL"
+
+
+async def _reset(conn: Any) -> None:
+    """The pool's reset, after asyncpg rolled back any transaction: nothing one query left on the session
+    reaches the next one (a failure here makes asyncpg close the connection)."""
+    await conn.execute(RESET)
 
 
 async def _text_codecs(conn: Any) -> None:

@@ -31,6 +31,9 @@ NS_PER_S = 1_000_000_000
 USER_FACING_DEFAULT_ERROR = "please inspect Grafana server log for details"
 DEFAULT_MAX_OPEN_CONNS = 10  # Grafana's jsonData.maxOpenConns default for SQL data sources
 MAX_OPEN_CONNS = 100  # per data source and worker, whatever jsonData asks (drivers allocate them up front)
+# cells (times x series) one long -> wide conversion or fill may make; Grafana has no bound (100k rows of
+# distinct times and labels would make 1e10), gateway at least this and always a dense pivot of row_limit rows
+MAX_WIDE_CELLS = 10_000_000
 
 log = logging.getLogger("gateway.sql")
 
@@ -43,7 +46,8 @@ def host_port(ctx: Context, default_port: int) -> tuple[str, int]:
 
 
 def max_open_conns(ctx: Context) -> int:
-    """jsonData.maxOpenConns when positive (at most MAX_OPEN_CONNS), else Grafana's default."""
+    """jsonData.maxOpenConns when positive (at most MAX_OPEN_CONNS: see SqlBackend.max_concurrency), else
+    Grafana's default."""
     value = ctx.ds.options.get("maxOpenConns")
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         return DEFAULT_MAX_OPEN_CONNS
@@ -57,8 +61,14 @@ class SqlBackend(Backend):
     served = True
 
     def max_concurrency(self, ctx: Context) -> int:
-        """As many queries at once as the pool has connections (jsonData.maxOpenConns)."""
-        return max_open_conns(ctx)
+        """As many queries at once as the pool has connections (jsonData.maxOpenConns); asked once per data
+        source version (Context.slot), so a capped maxOpenConns is logged once."""
+        limit = max_open_conns(ctx)
+        asked = ctx.ds.options.get("maxOpenConns")
+        if isinstance(asked, int) and asked > limit:
+            log.warning("data source %s: jsonData.maxOpenConns %d capped at %d connections per worker",
+                        ctx.ds.uid, asked, limit)
+        return limit
 
     async def run_query(self, ctx: Context, query: DataQuery, raw_sql: str, fmt: str) -> DataResponse:
         """One query with its rawSql and format."""
@@ -418,9 +428,10 @@ def _missing(fill: Fill | None, column: Column, previous: int) -> Any:
     return column.values[previous] if previous >= 0 else None
 
 
-def long_to_wide(columns: list[Column], fill: Fill | None) -> list[Column]:
+def long_to_wide(columns: list[Column], fill: Fill | None, max_cells: int = MAX_WIDE_CELLS) -> list[Column]:
     """SDK LongToWide: one non-null Time field of distinct times, one field per value column and distinct
-    factor values (labels `{factor name: value}`, null as ""), sorted by name then label values."""
+    factor values (labels `{factor name: value}`, null as ""), sorted by name then label values; ValueError
+    before the value fields would hold more than `max_cells` cells."""
     schema = schema_of(columns)
     if schema.kind != "long":
         raise ValueError(f"can not convert to wide series, expected long format series input but got {schema.kind}"
@@ -439,6 +450,8 @@ def long_to_wide(columns: list[Column], fill: Fill | None) -> list[Column]:
         if moment is None:
             raise ValueError(NULL_TIMES)
         if moment > last:
+            if (row + 2) * len(wide) > max_cells:
+                raise _too_wide(max_cells)
             row += 1
             last = moment
             wide_time.values.append(moment)
@@ -456,6 +469,8 @@ def long_to_wide(columns: list[Column], fill: Fill | None) -> list[Column]:
                     pairs = " ".join(f"[{columns[f].name} {v}]" for f, v in zip(schema.factors, key, strict=True))
                     raise ValueError(f"duplicate key '{labels[name]}' in lables: [{pairs}]")
                 labels[name] = value
+            if (row + 1) * (len(wide) + len(schema.values)) > max_cells:
+                raise _too_wide(max_cells)
             targets = seen[key] = []
             for value_index in schema.values:
                 source = columns[value_index]
@@ -467,6 +482,11 @@ def long_to_wide(columns: list[Column], fill: Fill | None) -> list[Column]:
         for value_index, target in zip(schema.values, targets, strict=True):
             target.values[row] = columns[value_index].values[index]
     return [wide_time, *_sorted_fields(wide, [columns[factor].name for factor in schema.factors])]
+
+
+def _too_wide(max_cells: int) -> ValueError:
+    return ValueError(f"the wide frame would have more than {max_cells} cells (distinct times x series); narrow the "
+                      "time range, group by fewer labels or use the table format")
 
 
 def _label(value: Any) -> str:
@@ -505,9 +525,9 @@ class ResampleError(Exception):
 
 
 def resample(columns: list[Column], fill: Fill, from_ns: int, to_ns: int, interval_ns: int,
-             max_rows: int) -> list[Column]:
+             max_rows: int, max_cells: int = MAX_WIDE_CELLS) -> list[Column]:
     """SDK ResampleWideFrame: a row every `interval_ns` from `from_ns` to `to_ns` inclusive, each taking the
-    last row in (t - interval, t], else the fill value; at most `max_rows` rows."""
+    last row in (t - interval, t], else the fill value; at most `max_rows` rows and `max_cells` cells."""
     schema = schema_of(columns)
     if schema.kind == "not":
         raise ResampleError("can not fill missing, not timeseries frame")
@@ -515,6 +535,8 @@ def resample(columns: list[Column], fill: Fill, from_ns: int, to_ns: int, interv
         return columns
     if to_ns >= from_ns and (to_ns - from_ns) // interval_ns + 1 > max_rows:
         raise ResampleError("too many rows")
+    if to_ns >= from_ns and ((to_ns - from_ns) // interval_ns + 1) * len(columns) > max_cells:
+        raise ResampleError("too many cells")
     times = columns[schema.time].values
     out = [Column(column.name, column.kind, [], nullable=column.nullable, labels=column.labels)
            for column in columns]
@@ -578,9 +600,11 @@ def shape(columns: list[Column], fmt: str, executed: str, notices: list[Notice],
             columns[index] = to_float(column)
         except ValueError as error:
             raise SqlError("convert value to float failed", str(error) or "invalid syntax") from None
+    # a bound on the cells of the wide frame that any dense pivot of row_limit rows stays under
+    max_cells = max(MAX_WIDE_CELLS, row_limit * (len(columns) - 1))
     if schema_of(columns).kind == "long":
         try:
-            wide = long_to_wide(columns, fill)
+            wide = long_to_wide(columns, fill, max_cells)
         except ValueError as error:
             raise SqlError("failed to convert long to wide series when converting from dataframe", str(error)) \
                 from None
@@ -599,7 +623,8 @@ def shape(columns: list[Column], fmt: str, executed: str, notices: list[Notice],
             else:  # where Grafana divides by zero (and panics), align to the interval itself
                 start_ns = time_range.from_ms * NS_PER_MS // interval_ns * interval_ns
             try:
-                columns = resample(columns, fill, start_ns, time_range.to_ms * NS_PER_MS, interval_ns, row_limit)
+                columns = resample(columns, fill, start_ns, time_range.to_ms * NS_PER_MS, interval_ns, row_limit,
+                                   max_cells)
             except ResampleError:
                 frame_meta.notices = [*notices, Notice("warning", "Failed to resample dataframe")]
     return DataResponse([_frame(columns, frame_meta)])

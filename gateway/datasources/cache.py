@@ -32,9 +32,17 @@ log = logging.getLogger("gateway")
 CHANNEL = "gateway_datasource"
 MAX_ENTRIES = 10_000
 UNTRUSTED_TTL = 1.0
-# seconds a replaced data source's clients stay open for the requests that already hold them
+# a replaced data source's clients stay open for the requests that already hold them: its query timeout
+# (at most RETIRE_AT_MOST), plus RETIRE_GRACE for waiting on a connection and answering
 RETIRE_GRACE = 10.0
+RETIRE_AT_MOST = 3600.0
 Key = tuple[str, int, object]
+
+
+def retire_grace(context: Context) -> float:
+    """Seconds a replaced data source's clients stay open: a query that started just before the change
+    runs to its own timeout (jsonData.timeout, else [dataproxy] timeout; Prometheus' queryTimeout)."""
+    return min(context.backend.query_timeout(context), RETIRE_AT_MOST) + RETIRE_GRACE
 
 
 class DataSourceCache:
@@ -183,8 +191,13 @@ class DataSourceCache:
             hit = self._entries.get(key)
             if hit is not None and hit[1] is context:
                 del self._entries[key]
-        handle = asyncio.get_running_loop().call_later(RETIRE_GRACE, self._close_now, context)
+        handle = asyncio.get_running_loop().call_later(retire_grace(context), self._close_now, context)
         self._retiring[id(context)] = (handle, context)
+
+    def retiring(self, context: Context) -> float | None:
+        """Seconds until a replaced data source's clients close (None: it is not retiring)."""
+        entry = self._retiring.get(id(context))
+        return None if entry is None else entry[0].when() - asyncio.get_running_loop().time()
 
     def _close_now(self, context: Context) -> None:
         self._retiring.pop(id(context), None)
