@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
 import pytest
+import redis
 import redis.asyncio
 from aiohttp import web
 
@@ -28,7 +31,7 @@ from gateway.datasources.models import DataSource
 from gateway.frames import DataResponse, Field, Frame, encode_json, meta
 from gateway.gtime import TimeRange
 from gateway.keys import query_cache_key
-from tests.conftest import ADMIN, make_config
+from tests.conftest import ADMIN, free_port, make_config
 from tests.test_prometheus import prom_query, real_prometheus  # noqa: F401  (the fixture)
 from tests.test_query import add, post
 
@@ -50,7 +53,7 @@ def caching(database_url: str, **values: Any) -> Config:
 
 
 def redis_config(database_url: str, prefix: str, **values: Any) -> Config:
-    return caching(database_url, backend="redis", redis_url=REDIS, redis_prefix=prefix, **values)
+    return caching(database_url, **{"backend": "redis", "redis_url": REDIS, "redis_prefix": prefix, **values})
 
 
 @pytest.fixture
@@ -141,6 +144,34 @@ async def test_the_cache_api_needs_the_caching_actions_and_an_existing_data_sour
     assert (await client.post("/api/datasources/uid/td/cache/clean", headers=reader)).status == 403
     response = await client.get("/api/datasources/uid/nope/cache", headers=ADMIN)
     assert response.status == 404 and (await response.json())["message"] == "Data source not found"
+
+
+async def test_clean_needs_caching_write_on_every_data_source_and_touches_only_the_callers_org(
+        aiohttp_client, aiohttp_server, database_url, make_token):
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url))
+    upstream = Counting()
+    url = await counting(aiohttp_server, upstream)
+    await add(client, "p", "prometheus", url=url)
+    assert (await client.post("/api/orgs", json={"name": "second"}, headers=ADMIN)).status == 200
+    org2 = {**ADMIN, "X-Grafana-Org-Id": "2"}
+    await add(client, "p", "prometheus", headers=org2, url=url)  # the same uid, URL and query in another org
+    assert [(await post(client, {"queries": [instant()], **BODY}, headers)).headers["X-Cache"]
+            for headers in (ADMIN, org2, ADMIN, org2)] == ["MISS", "MISS", "HIT", "HIT"]
+    # Grafana cleans every data source, so clean asks for the action on datasources:*, not on the one named
+    one = await make_token("None", permissions=(("datasources.caching:write", "datasources:uid:p"),))
+    assert (await client.post("/api/datasources/uid/p/cache/enable", headers=one)).status == 200
+    response = await client.post("/api/datasources/uid/p/cache/clean", headers=one)
+    assert response.status == 403 and "X-Cache" not in response.headers
+    every = await make_token("None", permissions=(("datasources.caching:write", "datasources:*"),))
+    response = await client.post("/api/datasources/uid/nope/cache/clean", headers=every)
+    assert response.status == 404
+    response = await client.post("/api/datasources/uid/p/cache/clean", headers=org2)
+    assert response.status == 200 and (await response.json())["message"] == "Data source cache cleaned"
+    # the other org's answers stay, in this worker's memory too; the cleaned org's are gone
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "HIT"
+    assert (await post(client, {"queries": [instant()], **BODY}, org2)).headers["X-Cache"] == "MISS"
+    assert (await client.post("/api/datasources/uid/p/cache/clean", headers=every)).status == 200
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "MISS"
 
 
 # -- keys, hits and bypass --------------------------------------------------------------------------------------
@@ -407,6 +438,71 @@ async def test_a_redis_that_is_down_or_hangs_never_fails_a_query(aiohttp_client,
     finally:
         if server is not None:
             server.close()
+
+
+@pytest.fixture
+def full_redis() -> Iterator[str]:
+    """A private redis-server (1 MB, no eviction, no persistence) on a free port, filled until writes fail with
+    OOM; the shared Redis on 6379 is left as it is."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--maxmemory", "1mb", "--maxmemory-policy", "noeviction", "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout != b"PONG\n":
+            assert process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        filler = redis.Redis(port=port)
+        try:
+            size = 1000  # ever smaller values: the request buffer of a large one counts too
+            for index in range(10_000):
+                try:
+                    filler.set(f"fill:{index}", b"x" * size)
+                except redis.exceptions.OutOfMemoryError:
+                    if size == 1:
+                        break
+                    size //= 10
+            else:
+                raise AssertionError("redis-server never filled up")
+        finally:
+            filler.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait(5)
+
+
+async def test_a_full_redis_never_fails_a_query_and_logs_once_until_it_takes_writes_again(
+        aiohttp_client, aiohttp_server, database_url, full_redis, caplog):
+    config = redis_config(database_url, "full:", timeout=0.5, redis_url=full_redis)
+    client = await start(aiohttp_client, aiohttp_server, config)
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    for index in range(3):
+        if index == 2:
+            await asyncio.sleep(2.2)  # past the pause after a failure: Redis is asked again, and is still full
+        began = time.monotonic()
+        response = await post(client, {"queries": [instant()], **BODY})
+        assert response.status == 200 and response.headers["X-Cache"] == "ERROR"
+        assert time.monotonic() - began < 1.5
+        assert (await response.json())["results"]["A"]["frames"][0]["data"]["values"][1] == [7]
+    assert len(upstream.calls) == 3 and client.server.app[query_cache_key].stats.error == 3
+    assert 'gateway_cache_requests_total{result="ERROR"} 3.0' in await (await client.get("/metrics")).text()
+    lines = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
+    assert len(lines) == 1 and "Redis full" in lines[0]  # reads still work, but a full Redis is not back
+    # room again: the next write succeeds, is logged once, and the answer after it is a hit
+    raw = redis.asyncio.Redis.from_url(full_redis)
+    try:
+        await raw.flushall()
+    finally:
+        await raw.aclose()
+    await asyncio.sleep(2.2)
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "MISS"
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "HIT"
+    lines = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
+    assert len(lines) == 2 and "available again" in lines[1]
 
 
 # -- delta fetches -----------------------------------------------------------------------------------------------

@@ -52,9 +52,9 @@ class QueryCache:
         return CacheRun(self, skip)
 
     async def clean(self, org_id: int) -> None:
-        """Forget the org's cached answers on every replica (a new generation), and free this worker's memory."""
+        """Forget the org's cached answers on every replica (a new generation in their keys); the old values are
+        never read again and age out, so other orgs' answers stay."""
         await self.settings.clean(org_id)
-        await self.store.clear()
 
     async def close(self) -> None:
         """Close the store."""

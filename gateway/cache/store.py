@@ -102,11 +102,6 @@ class MemoryStore:
     async def unlock(self, key: str) -> None:
         """Nothing to release."""
 
-    async def clear(self) -> None:
-        """Forget everything."""
-        self._items.clear()
-        self._size = self._stats.bytes = 0
-
     async def close(self) -> None:
         """Nothing to close."""
 
@@ -131,13 +126,15 @@ class RedisStore:
             socket_connect_timeout=timeout)
         self._redis: Any = redis.asyncio.Redis.from_pool(pool)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, TimeoutError)
+        self._full_error: type[BaseException] = redis.exceptions.OutOfMemoryError
         self._prefix = prefix
         self._timeout = timeout
         self._cipher = AESGCM(derive_key(secret_key, "gateway query cache"))
         self._down_until = 0.0
         self._down = False
+        self._full = False  # the failure was Redis refusing writes (OOM): reads that work do not end it
 
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, method: str, *args: Any, write: bool = False, **kwargs: Any) -> Any:
         if self._down and time.monotonic() < self._down_until:
             raise StoreError("the cache is unavailable")
         try:
@@ -147,11 +144,15 @@ class RedisStore:
             self._down_until = time.monotonic() + RETRY_AFTER
             if not self._down:
                 self._down = True
-                log.warning("query cache: Redis unavailable (%s); queries go to the data sources",
-                            type(error).__name__)
+                self._full = isinstance(error, self._full_error)
+                if self._full:
+                    log.warning("query cache: Redis full (it refuses writes); queries go to the data sources")
+                else:
+                    log.warning("query cache: Redis unavailable (%s); queries go to the data sources",
+                                type(error).__name__)
             raise StoreError(type(error).__name__) from None
-        if self._down:
-            self._down = False
+        if self._down and (write or not self._full):
+            self._down = self._full = False
             log.warning("query cache: Redis available again")
         return result
 
@@ -178,11 +179,12 @@ class RedisStore:
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """Keep `value` for `ttl` seconds."""
         name = self._prefix + key
-        await self._call("set", name, self._seal(name, value), px=max(int(ttl * 1000), 1))
+        await self._call("set", name, self._seal(name, value), write=True, px=max(int(ttl * 1000), 1))
 
     async def lock(self, key: str, ttl: float) -> bool:
         """Take a short-lived lock shared by every replica; False when another holds it."""
-        return bool(await self._call("set", self._prefix + "lock:" + key, b"1", nx=True, px=max(int(ttl * 1000), 1)))
+        return bool(await self._call("set", self._prefix + "lock:" + key, b"1", write=True, nx=True,
+                                     px=max(int(ttl * 1000), 1)))
 
     async def poll(self, key: str) -> tuple[bytes | None, bool]:
         """The value of `key`, and whether its lock is still held (its leader still running), in one trip."""
@@ -193,9 +195,6 @@ class RedisStore:
     async def unlock(self, key: str) -> None:
         """Release the lock of `key`."""
         await self._call("delete", self._prefix + "lock:" + key)
-
-    async def clear(self) -> None:
-        """Nothing to do: a clean changes the generation in every key, old values expire by themselves."""
 
     async def close(self) -> None:
         """Close the connection pool."""
