@@ -335,6 +335,34 @@ async def test_prometheus_resources_are_cached_per_role_under_their_own_ttl(aioh
     assert (await post(client, {"queries": [panel], **BODY})).headers["X-Cache"] == "HIT"
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_huge_ttl_is_capped_and_never_fails_the_query_nor_pauses_redis(aiohttp_client, aiohttp_server,
+                                                                                database_url, prefix, backend, caplog):
+    config = caching(database_url) if backend == "memory" else redis_config(database_url, prefix)
+    client = await start(aiohttp_client, aiohttp_server, config)
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    # past int64 milliseconds (Redis refused it, and every caller's cache paused), and past a float (a 500)
+    for index, ttl in enumerate((10**19, 10**400)):
+        panel = {**instant(expr=f"m{index}"), "queryCachingTTL": ttl}
+        first, second = [await post(client, {"queries": [panel], **BODY}) for _ in range(2)]
+        assert (first.status, first.headers["X-Cache"], second.headers["X-Cache"]) == (200, "MISS", "HIT")
+        assert (await second.json())["results"]["A"]["frames"][0]["data"]["values"][1] == [7]
+    assert (await client.post("/api/datasources/uid/p/cache", headers=ADMIN,
+                              json={"enabled": True, "ttlQueriesMs": 2**63 - 1})).status == 200
+    assert [(await post(client, {"queries": [instant(expr="m2")], **BODY})).headers["X-Cache"]
+            for _ in range(2)] == ["MISS", "HIT"]
+    assert len(upstream.calls) == 3
+    assert not [record for record in caplog.records if record.name == "gateway.cache"]
+    if backend == "redis":
+        raw = redis.asyncio.Redis.from_url(REDIS)
+        try:
+            ttls = [await raw.pttl(name) async for name in raw.scan_iter(match=prefix + "q:*")]
+            assert len(ttls) == 3 and all(0 < ttl <= 365 * 86400 * 1000 for ttl in ttls)
+        finally:
+            await raw.aclose()
+
+
 # -- coalescing --------------------------------------------------------------------------------------------------
 
 async def test_identical_queries_in_flight_share_one_backend_call(aiohttp_client, aiohttp_server, database_url):

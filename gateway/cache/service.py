@@ -16,7 +16,7 @@ import msgspec
 from gateway.backends.base import Context, DataQuery, ResourceRequest
 from gateway.cache import codec, delta
 from gateway.cache.keys import query_key, resource_key
-from gateway.cache.settings import CacheSettings, SettingsStore
+from gateway.cache.settings import MAX_TTL, CacheSettings, SettingsStore, bounded
 from gateway.cache.store import CacheStats, RedisStore, Store, StoreError
 from gateway.config import Config
 from gateway.errors import GatewayError
@@ -106,8 +106,7 @@ def query_ttl(query: DataQuery, settings: CacheSettings, config: Config) -> floa
     else the data source's; never more than [caching] max_ttl."""
     panel = msgspec.json.decode(query.model).get("queryCachingTTL")
     if isinstance(panel, int) and not isinstance(panel, bool) and panel > 0:
-        ttl = panel / 1000
-        return min(ttl, config.caching.max_ttl) if config.caching.max_ttl > 0 else ttl
+        return bounded(min(panel, MAX_TTL * 1000) / 1000, config)  # a huge integer would not fit a float
     return settings.query_ttl(config)
 
 
