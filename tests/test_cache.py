@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import time
 import urllib.request
@@ -19,6 +20,7 @@ import pytest
 import redis
 import redis.asyncio
 from aiohttp import web
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.backends.base import DataQuery
@@ -27,6 +29,7 @@ from gateway.cache.keys import query_key, rounded_range
 from gateway.cache.service import x_cache
 from gateway.cache.store import CacheStats, MemoryStore
 from gateway.config import Config, ConfigError
+from gateway.crypto import derive_key
 from gateway.datasources.models import DataSource
 from gateway.frames import DataResponse, Field, Frame, encode_json, meta
 from gateway.gtime import TimeRange
@@ -361,6 +364,34 @@ async def test_a_huge_ttl_is_capped_and_never_fails_the_query_nor_pauses_redis(a
             assert len(ttls) == 3 and all(0 < ttl <= 365 * 86400 * 1000 for ttl in ttls)
         finally:
             await raw.aclose()
+
+
+async def test_a_kept_value_this_version_cannot_read_is_a_miss_and_is_replaced(aiohttp_client, aiohttp_server,
+                                                                               database_url, prefix):
+    config = redis_config(database_url, prefix)
+    client = await start(aiohttp_client, aiohttp_server, config)
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    path = "/api/datasources/uid/p/resources/api/v1/labels"
+    await post(client, {"queries": [instant()], **BODY})
+    assert (await client.get(path, headers=ADMIN)).status == 200
+    # sealed under the right key, as an older or newer gateway with another layout would have written it
+    cipher = AESGCM(derive_key(config.security.secret_key, "gateway query cache"))
+    raw = redis.asyncio.Redis.from_url(REDIS)
+    try:
+        names = [name async for name in raw.scan_iter(match=prefix + "[qr]:*")]
+        assert len(names) == 2
+        for name in names:
+            nonce = os.urandom(12)
+            await raw.set(name, nonce + cipher.encrypt(nonce, b"\xc1 not this layout", name))
+    finally:
+        await raw.aclose()
+    for _ in range(2):
+        answers = [await post(client, {"queries": [instant()], **BODY}), await client.get(path, headers=ADMIN)]
+        assert [answer.status for answer in answers] == [200, 200]
+        assert (await answers[0].json())["results"]["A"]["frames"][0]["data"]["values"][1] == [7]
+    assert [answer.headers["X-Cache"] for answer in answers] == ["HIT", "HIT"]  # replaced by the misses before
+    assert len(upstream.calls) == 4
 
 
 # -- coalescing --------------------------------------------------------------------------------------------------
