@@ -490,7 +490,8 @@ async def test_a_redis_that_is_down_or_hangs_never_fails_a_query(aiohttp_client,
             assert response.status == 200 and response.headers["X-Cache"] == "ERROR"
             assert time.monotonic() - began < 1.5
             assert (await response.json())["results"]["A"]["frames"][0]["data"]["values"][1] == [7]
-        assert len(upstream.calls) == 3 and client.server.app[query_cache_key].stats.error == 3
+        stats = client.server.app[query_cache_key].stats
+        assert len(upstream.calls) == 3 and (stats.error, stats.store_outages) == (3, 1)
         lines = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
         assert len(lines) == 1 and "Redis unavailable" in lines[0]  # one line per change of state
         assert all("hunter2" not in record.getMessage() for record in caplog.records)
@@ -548,7 +549,9 @@ async def test_a_full_redis_never_fails_a_query_and_logs_once_until_it_takes_wri
         assert time.monotonic() - began < 1.5
         assert (await response.json())["results"]["A"]["frames"][0]["data"]["values"][1] == [7]
     assert len(upstream.calls) == 3 and client.server.app[query_cache_key].stats.error == 3
-    assert 'gateway_cache_requests_total{result="ERROR"} 3.0' in await (await client.get("/metrics")).text()
+    scrape = await (await client.get("/metrics")).text()
+    assert 'gateway_cache_requests_total{result="ERROR"} 3.0' in scrape
+    assert "gateway_cache_store_outages_total 1.0" in scrape  # one outage: reads between refused writes
     lines = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
     assert len(lines) == 1 and "Redis full" in lines[0]  # reads still work, but a full Redis is not back
     # room again: the next write succeeds, is logged once, and the answer after it is a hit

@@ -38,6 +38,7 @@ class CacheStats(msgspec.Struct, kw_only=True):
     coalesced_waits: int = 0  # queries answered by an identical one in flight instead of a backend call
     delta_saved_points: int = 0  # samples taken from cached extents instead of the backend
     delta_fetched_points: int = 0  # samples fetched from the backend by delta queries
+    store_outages: int = 0  # times Redis turned unavailable or full (each also logged once)
 
     def count(self, result: str) -> None:
         """Count one query answered with X-Cache `result` (HIT, MISS, BYPASS, ERROR, DISABLED)."""
@@ -117,7 +118,7 @@ class RedisStore:
 
     shared = True
 
-    def __init__(self, url: str, prefix: str, timeout: float, secret_key: str) -> None:
+    def __init__(self, url: str, prefix: str, timeout: float, secret_key: str, stats: CacheStats) -> None:
         import redis.asyncio  # an optional extra: only needed with backend = redis
 
         # a bounded pool that waits (up to the timeout) for a free connection rather than opening more
@@ -133,6 +134,7 @@ class RedisStore:
         self._down_until = 0.0
         self._down = False
         self._full = False  # the failure was Redis refusing writes (OOM): reads that work do not end it
+        self._stats = stats
 
     async def _call(self, method: str, *args: Any, write: bool = False, **kwargs: Any) -> Any:
         if self._down and time.monotonic() < self._down_until:
@@ -145,6 +147,7 @@ class RedisStore:
             if not self._down:
                 self._down = True
                 self._full = isinstance(error, self._full_error)
+                self._stats.store_outages += 1
                 if self._full:
                     log.warning("query cache: Redis full (it refuses writes); queries go to the data sources")
                 else:
@@ -208,5 +211,5 @@ def open_store(config: Config, stats: CacheStats) -> Store:
     """The store [caching] backend names."""
     if config.caching.backend == "redis":
         return RedisStore(config.caching_redis.url, config.caching_redis.prefix, config.caching.timeout,
-                          config.security.secret_key)
+                          config.security.secret_key, stats)
     return MemoryStore(int(config.caching_memory.max_size_mb * (1 << 20)), stats)
