@@ -501,7 +501,8 @@ def cache_state(stats: Any) -> list[Metric]:
     for name, text in (("evictions", "Memory entries dropped to stay under [caching.memory] max_size_mb"),
                        ("coalesced_waits", "Queries answered by an identical one in flight"),
                        ("delta_saved_points", "Samples taken from cached extents instead of the data source"),
-                       ("delta_fetched_points", "Samples fetched from the data source by delta queries")):
+                       ("delta_fetched_points", "Samples fetched from the data source by delta queries"),
+                       ("store_outages", "Times Redis turned unavailable or full (queries went to the data sources)")):
         counter = Metric(f"gateway_cache_{name}", text, "counter")
         counter.add_sample(f"gateway_cache_{name}_total", {}, float(getattr(stats, name)))
         metrics.append(counter)

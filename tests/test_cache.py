@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
 import pytest
+import redis
 import redis.asyncio
 from aiohttp import web
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.backends.base import DataQuery
@@ -24,11 +29,12 @@ from gateway.cache.keys import query_key, rounded_range
 from gateway.cache.service import x_cache
 from gateway.cache.store import CacheStats, MemoryStore
 from gateway.config import Config, ConfigError
+from gateway.crypto import derive_key
 from gateway.datasources.models import DataSource
 from gateway.frames import DataResponse, Field, Frame, encode_json, meta
 from gateway.gtime import TimeRange
 from gateway.keys import query_cache_key
-from tests.conftest import ADMIN, make_config
+from tests.conftest import ADMIN, free_port, make_config
 from tests.test_prometheus import prom_query, real_prometheus  # noqa: F401  (the fixture)
 from tests.test_query import add, post
 
@@ -50,7 +56,7 @@ def caching(database_url: str, **values: Any) -> Config:
 
 
 def redis_config(database_url: str, prefix: str, **values: Any) -> Config:
-    return caching(database_url, backend="redis", redis_url=REDIS, redis_prefix=prefix, **values)
+    return caching(database_url, **{"backend": "redis", "redis_url": REDIS, "redis_prefix": prefix, **values})
 
 
 @pytest.fixture
@@ -141,6 +147,34 @@ async def test_the_cache_api_needs_the_caching_actions_and_an_existing_data_sour
     assert (await client.post("/api/datasources/uid/td/cache/clean", headers=reader)).status == 403
     response = await client.get("/api/datasources/uid/nope/cache", headers=ADMIN)
     assert response.status == 404 and (await response.json())["message"] == "Data source not found"
+
+
+async def test_clean_needs_caching_write_on_every_data_source_and_touches_only_the_callers_org(
+        aiohttp_client, aiohttp_server, database_url, make_token):
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url))
+    upstream = Counting()
+    url = await counting(aiohttp_server, upstream)
+    await add(client, "p", "prometheus", url=url)
+    assert (await client.post("/api/orgs", json={"name": "second"}, headers=ADMIN)).status == 200
+    org2 = {**ADMIN, "X-Grafana-Org-Id": "2"}
+    await add(client, "p", "prometheus", headers=org2, url=url)  # the same uid, URL and query in another org
+    assert [(await post(client, {"queries": [instant()], **BODY}, headers)).headers["X-Cache"]
+            for headers in (ADMIN, org2, ADMIN, org2)] == ["MISS", "MISS", "HIT", "HIT"]
+    # Grafana cleans every data source, so clean asks for the action on datasources:*, not on the one named
+    one = await make_token("None", permissions=(("datasources.caching:write", "datasources:uid:p"),))
+    assert (await client.post("/api/datasources/uid/p/cache/enable", headers=one)).status == 200
+    response = await client.post("/api/datasources/uid/p/cache/clean", headers=one)
+    assert response.status == 403 and "X-Cache" not in response.headers
+    every = await make_token("None", permissions=(("datasources.caching:write", "datasources:*"),))
+    response = await client.post("/api/datasources/uid/nope/cache/clean", headers=every)
+    assert response.status == 404
+    response = await client.post("/api/datasources/uid/p/cache/clean", headers=org2)
+    assert response.status == 200 and (await response.json())["message"] == "Data source cache cleaned"
+    # the other org's answers stay, in this worker's memory too; the cleaned org's are gone
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "HIT"
+    assert (await post(client, {"queries": [instant()], **BODY}, org2)).headers["X-Cache"] == "MISS"
+    assert (await client.post("/api/datasources/uid/p/cache/clean", headers=every)).status == 200
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "MISS"
 
 
 # -- keys, hits and bypass --------------------------------------------------------------------------------------
@@ -304,6 +338,62 @@ async def test_prometheus_resources_are_cached_per_role_under_their_own_ttl(aioh
     assert (await post(client, {"queries": [panel], **BODY})).headers["X-Cache"] == "HIT"
 
 
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_huge_ttl_is_capped_and_never_fails_the_query_nor_pauses_redis(aiohttp_client, aiohttp_server,
+                                                                                database_url, prefix, backend, caplog):
+    config = caching(database_url) if backend == "memory" else redis_config(database_url, prefix)
+    client = await start(aiohttp_client, aiohttp_server, config)
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    # past int64 milliseconds (Redis refused it, and every caller's cache paused), and past a float (a 500)
+    for index, ttl in enumerate((10**19, 10**400)):
+        panel = {**instant(expr=f"m{index}"), "queryCachingTTL": ttl}
+        first, second = [await post(client, {"queries": [panel], **BODY}) for _ in range(2)]
+        assert (first.status, first.headers["X-Cache"], second.headers["X-Cache"]) == (200, "MISS", "HIT")
+        assert (await second.json())["results"]["A"]["frames"][0]["data"]["values"][1] == [7]
+    assert (await client.post("/api/datasources/uid/p/cache", headers=ADMIN,
+                              json={"enabled": True, "ttlQueriesMs": 2**63 - 1})).status == 200
+    assert [(await post(client, {"queries": [instant(expr="m2")], **BODY})).headers["X-Cache"]
+            for _ in range(2)] == ["MISS", "HIT"]
+    assert len(upstream.calls) == 3
+    assert not [record for record in caplog.records if record.name == "gateway.cache"]
+    if backend == "redis":
+        raw = redis.asyncio.Redis.from_url(REDIS)
+        try:
+            ttls = [await raw.pttl(name) async for name in raw.scan_iter(match=prefix + "q:*")]
+            assert len(ttls) == 3 and all(0 < ttl <= 365 * 86400 * 1000 for ttl in ttls)
+        finally:
+            await raw.aclose()
+
+
+async def test_a_kept_value_this_version_cannot_read_is_a_miss_and_is_replaced(aiohttp_client, aiohttp_server,
+                                                                               database_url, prefix):
+    config = redis_config(database_url, prefix)
+    client = await start(aiohttp_client, aiohttp_server, config)
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    path = "/api/datasources/uid/p/resources/api/v1/labels"
+    await post(client, {"queries": [instant()], **BODY})
+    assert (await client.get(path, headers=ADMIN)).status == 200
+    # sealed under the right key, as an older or newer gateway with another layout would have written it
+    cipher = AESGCM(derive_key(config.security.secret_key, "gateway query cache"))
+    raw = redis.asyncio.Redis.from_url(REDIS)
+    try:
+        names = [name async for name in raw.scan_iter(match=prefix + "[qr]:*")]
+        assert len(names) == 2
+        for name in names:
+            nonce = os.urandom(12)
+            await raw.set(name, nonce + cipher.encrypt(nonce, b"\xc1 not this layout", name))
+    finally:
+        await raw.aclose()
+    for _ in range(2):
+        answers = [await post(client, {"queries": [instant()], **BODY}), await client.get(path, headers=ADMIN)]
+        assert [answer.status for answer in answers] == [200, 200]
+        assert (await answers[0].json())["results"]["A"]["frames"][0]["data"]["values"][1] == [7]
+    assert [answer.headers["X-Cache"] for answer in answers] == ["HIT", "HIT"]  # replaced by the misses before
+    assert len(upstream.calls) == 4
+
+
 # -- coalescing --------------------------------------------------------------------------------------------------
 
 async def test_identical_queries_in_flight_share_one_backend_call(aiohttp_client, aiohttp_server, database_url):
@@ -400,13 +490,81 @@ async def test_a_redis_that_is_down_or_hangs_never_fails_a_query(aiohttp_client,
             assert response.status == 200 and response.headers["X-Cache"] == "ERROR"
             assert time.monotonic() - began < 1.5
             assert (await response.json())["results"]["A"]["frames"][0]["data"]["values"][1] == [7]
-        assert len(upstream.calls) == 3 and client.server.app[query_cache_key].stats.error == 3
+        stats = client.server.app[query_cache_key].stats
+        assert len(upstream.calls) == 3 and (stats.error, stats.store_outages) == (3, 1)
         lines = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
         assert len(lines) == 1 and "Redis unavailable" in lines[0]  # one line per change of state
         assert all("hunter2" not in record.getMessage() for record in caplog.records)
     finally:
         if server is not None:
             server.close()
+
+
+@pytest.fixture
+def full_redis() -> Iterator[str]:
+    """A private redis-server (1 MB, no eviction, no persistence) on a free port, filled until writes fail with
+    OOM; the shared Redis on 6379 is left as it is."""
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--maxmemory", "1mb", "--maxmemory-policy", "noeviction", "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout != b"PONG\n":
+            assert process.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        filler = redis.Redis(port=port)
+        try:
+            size = 1000  # ever smaller values: the request buffer of a large one counts too
+            for index in range(10_000):
+                try:
+                    filler.set(f"fill:{index}", b"x" * size)
+                except redis.exceptions.OutOfMemoryError:
+                    if size == 1:
+                        break
+                    size //= 10
+            else:
+                raise AssertionError("redis-server never filled up")
+        finally:
+            filler.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait(5)
+
+
+async def test_a_full_redis_never_fails_a_query_and_logs_once_until_it_takes_writes_again(
+        aiohttp_client, aiohttp_server, database_url, full_redis, caplog):
+    config = redis_config(database_url, "full:", timeout=0.5, redis_url=full_redis)
+    client = await start(aiohttp_client, aiohttp_server, config)
+    upstream = Counting()
+    await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+    for index in range(3):
+        if index == 2:
+            await asyncio.sleep(2.2)  # past the pause after a failure: Redis is asked again, and is still full
+        began = time.monotonic()
+        response = await post(client, {"queries": [instant()], **BODY})
+        assert response.status == 200 and response.headers["X-Cache"] == "ERROR"
+        assert time.monotonic() - began < 1.5
+        assert (await response.json())["results"]["A"]["frames"][0]["data"]["values"][1] == [7]
+    assert len(upstream.calls) == 3 and client.server.app[query_cache_key].stats.error == 3
+    scrape = await (await client.get("/metrics")).text()
+    assert 'gateway_cache_requests_total{result="ERROR"} 3.0' in scrape
+    assert "gateway_cache_store_outages_total 1.0" in scrape  # one outage: reads between refused writes
+    lines = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
+    assert len(lines) == 1 and "Redis full" in lines[0]  # reads still work, but a full Redis is not back
+    # room again: the next write succeeds, is logged once, and the answer after it is a hit
+    raw = redis.asyncio.Redis.from_url(full_redis)
+    try:
+        await raw.flushall()
+    finally:
+        await raw.aclose()
+    await asyncio.sleep(2.2)
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "MISS"
+    assert (await post(client, {"queries": [instant()], **BODY})).headers["X-Cache"] == "HIT"
+    lines = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
+    assert len(lines) == 2 and "available again" in lines[1]
 
 
 # -- delta fetches -----------------------------------------------------------------------------------------------

@@ -95,9 +95,11 @@ async def disable_data_source_cache(request: web.Request) -> web.Response:
 
 
 async def clean_data_source_cache(request: web.Request) -> web.Response:
-    """POST .../cache/clean: forget every cached answer of the org (Grafana cleans every data source); answers
-    the named data source's settings."""
-    org_id, ds = await _data_source(request, "datasources.caching:write")
+    """POST .../cache/clean: forget every cached answer of the org (Grafana cleans every data source, so it asks
+    for datasources.caching:write on datasources:*); answers the named data source's settings."""
+    identity = await authorize(request, "datasources.caching:write", "datasources:*")
+    org_id = identity.org_id
+    ds = await request.app[store_key].get_data_source(org_id, uid=request.match_info["uid"])
     cache = request.app[query_cache_key]
     await cache.clean(org_id)
     return _view(request, ds, await cache.settings.get(org_id, ds.uid), "Data source cache cleaned")

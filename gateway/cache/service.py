@@ -11,13 +11,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import msgspec
 
 from gateway.backends.base import Context, DataQuery, ResourceRequest
 from gateway.cache import codec, delta
 from gateway.cache.keys import query_key, resource_key
-from gateway.cache.settings import CacheSettings, SettingsStore
+from gateway.cache.settings import MAX_TTL, CacheSettings, SettingsStore, bounded
 from gateway.cache.store import CacheStats, RedisStore, Store, StoreError
 from gateway.config import Config
 from gateway.errors import GatewayError
@@ -35,6 +36,7 @@ RESOURCE_TYPES = frozenset({"prometheus", "loki"})
 RESOURCE_HEADERS = frozenset({"accept", "content-type", "x-grafana-cache"})
 _encode_answer = msgspec.msgpack.Encoder().encode
 _decode_answer = msgspec.msgpack.Decoder(Answer).decode
+T = TypeVar("T")
 
 
 class QueryCache:
@@ -53,9 +55,9 @@ class QueryCache:
         return CacheRun(self, skip)
 
     async def clean(self, org_id: int) -> None:
-        """Forget the org's cached answers on every replica (a new generation), and free this worker's memory."""
+        """Forget the org's cached answers on every replica (a new generation in their keys); the old values are
+        never read again and age out, so other orgs' answers stay."""
         await self.settings.clean(org_id)
-        await self.store.clear()
 
     async def close(self) -> None:
         """Close the store."""
@@ -86,9 +88,10 @@ class QueryCache:
         except StoreError:
             self.stats.count(ERROR)
             return await call(), ERROR
-        if value is not None:
+        kept = _readable(_decode_answer, value)
+        if kept is not None:
             self.stats.count(HIT)
-            return _decode_answer(value), HIT
+            return kept, HIT
         answer = await call()
         result = MISS
         if answer.status == 200:
@@ -107,9 +110,19 @@ def query_ttl(query: DataQuery, settings: CacheSettings, config: Config) -> floa
     else the data source's; never more than [caching] max_ttl."""
     panel = msgspec.json.decode(query.model).get("queryCachingTTL")
     if isinstance(panel, int) and not isinstance(panel, bool) and panel > 0:
-        ttl = panel / 1000
-        return min(ttl, config.caching.max_ttl) if config.caching.max_ttl > 0 else ttl
+        return bounded(min(panel, MAX_TTL * 1000) / 1000, config)  # a huge integer would not fit a float
     return settings.query_ttl(config)
+
+
+def _readable(decode: Callable[[bytes], T], value: bytes | None) -> T | None:
+    """A kept value decoded, or None (a miss) when it is not there or cannot be read: written in another
+    version's layout, it is answered anew and replaced rather than failing the query."""
+    if value is None:
+        return None
+    try:
+        return decode(value)
+    except (ValueError, TypeError):  # msgspec's DecodeError is a ValueError
+        return None
 
 
 def skipped(header: str | None) -> bool:
@@ -190,8 +203,9 @@ class CacheRun:
             self._note(ERROR, len(queries))
             return await call(ctx, queries)
         for (ref_id, _), value in zip(keys.items(), found, strict=True):
-            if value is not None:
-                answers[ref_id] = codec.decode(value)
+            answer = _readable(codec.decode, value)
+            if answer is not None:
+                answers[ref_id] = answer
         self._note(HIT, len(answers))
         missing = [query for query in queries if query.ref_id not in answers]
         if missing:
@@ -355,12 +369,12 @@ class CacheRun:
                 value, locked = await store.poll(key)
             except StoreError:
                 break
-            if value is None and not locked:
-                break
-            if value is not None:
+            answer = _readable(codec.decode, value)
+            if answer is None and (value is not None or not locked):
+                break  # released without an answer, or one this version cannot read: run it here
+            if answer is not None:
                 cache.stats.coalesced_waits += 1
                 self._note(HIT)
-                answer = codec.decode(value)
                 flight = cache.flights.get(key)
                 if flight is not None and not flight.done():
                     flight.set_result(value)

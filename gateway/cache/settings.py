@@ -14,6 +14,9 @@ from gateway.config import Config
 from gateway.db import Database
 
 FRESH_FOR = 1.0  # seconds a replica reuses settings it read (another replica's change shows within this)
+# the longest any value is kept, also when max_ttl sets no bound: Redis refuses expiry times past 64 bits, and a
+# refusal would read as Redis failing (the cache paused for every caller)
+MAX_TTL = 365 * 86400
 _SIZE = 10_000
 
 
@@ -38,8 +41,12 @@ class CacheSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _capped(ttl_ms: int, use_default: bool, config: Config) -> float:
-    ttl = config.caching.ttl if use_default or ttl_ms <= 0 else ttl_ms / 1000
-    return min(ttl, config.caching.max_ttl) if config.caching.max_ttl > 0 else ttl
+    return bounded(config.caching.ttl if use_default or ttl_ms <= 0 else min(ttl_ms, MAX_TTL * 1000) / 1000, config)
+
+
+def bounded(ttl: float, config: Config) -> float:
+    """`ttl` seconds, but never more than [caching] max_ttl (when set) nor MAX_TTL."""
+    return min(ttl, config.caching.max_ttl if 0 < config.caching.max_ttl < MAX_TTL else MAX_TTL)
 
 
 class SettingsStore:

@@ -38,6 +38,7 @@ class CacheStats(msgspec.Struct, kw_only=True):
     coalesced_waits: int = 0  # queries answered by an identical one in flight instead of a backend call
     delta_saved_points: int = 0  # samples taken from cached extents instead of the backend
     delta_fetched_points: int = 0  # samples fetched from the backend by delta queries
+    store_outages: int = 0  # times Redis turned unavailable or full (each also logged once)
 
     def count(self, result: str) -> None:
         """Count one query answered with X-Cache `result` (HIT, MISS, BYPASS, ERROR, DISABLED)."""
@@ -102,11 +103,6 @@ class MemoryStore:
     async def unlock(self, key: str) -> None:
         """Nothing to release."""
 
-    async def clear(self) -> None:
-        """Forget everything."""
-        self._items.clear()
-        self._size = self._stats.bytes = 0
-
     async def close(self) -> None:
         """Nothing to close."""
 
@@ -122,7 +118,7 @@ class RedisStore:
 
     shared = True
 
-    def __init__(self, url: str, prefix: str, timeout: float, secret_key: str) -> None:
+    def __init__(self, url: str, prefix: str, timeout: float, secret_key: str, stats: CacheStats) -> None:
         import redis.asyncio  # an optional extra: only needed with backend = redis
 
         # a bounded pool that waits (up to the timeout) for a free connection rather than opening more
@@ -131,13 +127,16 @@ class RedisStore:
             socket_connect_timeout=timeout)
         self._redis: Any = redis.asyncio.Redis.from_pool(pool)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, TimeoutError)
+        self._full_error: type[BaseException] = redis.exceptions.OutOfMemoryError
         self._prefix = prefix
         self._timeout = timeout
         self._cipher = AESGCM(derive_key(secret_key, "gateway query cache"))
         self._down_until = 0.0
         self._down = False
+        self._full = False  # the failure was Redis refusing writes (OOM): reads that work do not end it
+        self._stats = stats
 
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, method: str, *args: Any, write: bool = False, **kwargs: Any) -> Any:
         if self._down and time.monotonic() < self._down_until:
             raise StoreError("the cache is unavailable")
         try:
@@ -147,11 +146,16 @@ class RedisStore:
             self._down_until = time.monotonic() + RETRY_AFTER
             if not self._down:
                 self._down = True
-                log.warning("query cache: Redis unavailable (%s); queries go to the data sources",
-                            type(error).__name__)
+                self._full = isinstance(error, self._full_error)
+                self._stats.store_outages += 1
+                if self._full:
+                    log.warning("query cache: Redis full (it refuses writes); queries go to the data sources")
+                else:
+                    log.warning("query cache: Redis unavailable (%s); queries go to the data sources",
+                                type(error).__name__)
             raise StoreError(type(error).__name__) from None
-        if self._down:
-            self._down = False
+        if self._down and (write or not self._full):
+            self._down = self._full = False
             log.warning("query cache: Redis available again")
         return result
 
@@ -178,11 +182,12 @@ class RedisStore:
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         """Keep `value` for `ttl` seconds."""
         name = self._prefix + key
-        await self._call("set", name, self._seal(name, value), px=max(int(ttl * 1000), 1))
+        await self._call("set", name, self._seal(name, value), write=True, px=max(int(ttl * 1000), 1))
 
     async def lock(self, key: str, ttl: float) -> bool:
         """Take a short-lived lock shared by every replica; False when another holds it."""
-        return bool(await self._call("set", self._prefix + "lock:" + key, b"1", nx=True, px=max(int(ttl * 1000), 1)))
+        return bool(await self._call("set", self._prefix + "lock:" + key, b"1", write=True, nx=True,
+                                     px=max(int(ttl * 1000), 1)))
 
     async def poll(self, key: str) -> tuple[bytes | None, bool]:
         """The value of `key`, and whether its lock is still held (its leader still running), in one trip."""
@@ -193,9 +198,6 @@ class RedisStore:
     async def unlock(self, key: str) -> None:
         """Release the lock of `key`."""
         await self._call("delete", self._prefix + "lock:" + key)
-
-    async def clear(self) -> None:
-        """Nothing to do: a clean changes the generation in every key, old values expire by themselves."""
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -209,5 +211,5 @@ def open_store(config: Config, stats: CacheStats) -> Store:
     """The store [caching] backend names."""
     if config.caching.backend == "redis":
         return RedisStore(config.caching_redis.url, config.caching_redis.prefix, config.caching.timeout,
-                          config.security.secret_key)
+                          config.security.secret_key, stats)
     return MemoryStore(int(config.caching_memory.max_size_mb * (1 << 20)), stats)
