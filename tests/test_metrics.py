@@ -87,9 +87,18 @@ async def test_proxy_health_resources_and_query_traffic_shows_in_grafanas_metric
     await add(client, "p", "prometheus", url=url, name="My prom 1", basicAuth=True, basicAuthUser="u",
               secureJsonData={"basicAuthPassword": "pw-in-metrics-never"})
     await traffic(client, url)
-    response = await client.get("/metrics")
-    assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    text = await response.text()
+    for _ in range(50):  # a handler's metrics are recorded as it returns, which can be after its last byte
+        response = await client.get("/metrics")
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = await response.text()
+        try:
+            if (value(samples(text), "grafana_http_request_duration_seconds_count", status_code="200",
+                      handler="/api/datasources/proxy/uid/:uid/*", method="GET") == 1
+                    and value(samples(text), "gateway_upstream_connections", state="busy") == 0):
+                break
+        except AssertionError:  # not there yet
+            pass
+        await asyncio.sleep(0.1)
     assert "pw-in-metrics-never" not in text and url not in text and "127.0.0.1" not in text
     found = samples(text)
     ds = {"datasource": "My_prom_1", "datasource_type": "prometheus", "secure_socks_ds_proxy_enabled": "false"}
