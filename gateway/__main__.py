@@ -342,7 +342,8 @@ def _note_signal(signum: int, frame: FrameType | None) -> None:
 
 
 async def _migrate(config: Config) -> None:
-    """Apply migrations (and create the first data key) under the replicas' lock, then disconnect."""
+    """Apply migrations, create the first data key and apply the provisioning files (unless a replica applied
+    the same ones) under the replicas' lock, then disconnect; serve's workers rely on it for the files."""
     db, _ = await open_database(config)
     await db.close()
 

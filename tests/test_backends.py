@@ -390,3 +390,20 @@ async def test_a_replaced_data_source_stays_open_for_its_query_timeout(client, d
     cache.invalidate(1, fresh.ds.id, "pg")
     timeout = client.app[config_key].dataproxy.timeout
     assert timeout + RETIRE_GRACE - 1 < (cache.retiring(fresh) or 0) <= timeout + RETIRE_GRACE
+
+
+async def test_concurrent_first_reads_of_a_data_source_open_it_once(client):
+    import asyncio
+
+    from gateway.keys import cache_key
+
+    await add(client, name="td", uid="td", type="grafana-testdata-datasource", access="proxy")
+    cache = client.app[cache_key]
+    cache.clear()  # as after a start or a lost listener: every request below reads Postgres at once
+    batches = await asyncio.gather(*(cache.get_many(1, ["td"]) for _ in range(20)),
+                                   *(cache.get(1, uid="td") for _ in range(5)))
+    contexts = {id(batch["td"]) if isinstance(batch, dict) else id(batch) for batch in batches}
+    assert len(contexts) == 1  # one set of clients, none opened only to be retired
+    held = await cache.get(1, uid="td")
+    assert id(held) in contexts and cache.retiring(held) is None
+    assert cache.contexts() == [held]

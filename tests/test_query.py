@@ -7,8 +7,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
 
 from gateway.gtime import format_interval, parse_duration, parse_range, parse_time, round_interval, to_ms
 from gateway.http.headers import qualities
@@ -272,6 +274,9 @@ async def test_answers_vary_on_accept_and_accept_encoding_and_honour_q_zero(clie
         ("", "*", ("application/json", True)),
         ("", "gzip;q=0, *", ("application/json", False)),
         ("", "GZIP;Q=0.5", ("application/json", True)),
+        ("application/msgpack;q=0.1, */*", "", ("application/json", False)),  # JSON through a wildcard
+        ("application/msgpack;q=0.9, application/*;q=0.5", "", ("application/msgpack", False)),
+        ("*/*", "", ("application/json", False)),  # MessagePack only when asked for by name
     ]
     for accept, encoding, (content_type, gzipped) in cases:
         response = await client.post("/api/ds/query", json=large, auto_decompress=False,
@@ -284,6 +289,28 @@ async def test_answers_vary_on_accept_and_accept_encoding_and_honour_q_zero(clie
             assert msgspec.msgpack.decode(data) == plain
         else:
             assert json.loads(gzip.decompress(data) if gzipped else data) == plain
+
+
+async def test_an_answer_that_fails_to_encode_after_its_status_line_cuts_the_connection(aiohttp_client, caplog):
+    from gateway.api.query import GZIP_AFTER, write_results
+    from gateway.frames import DataResponse, Field, Frame
+
+    good = Frame([Field("v", "float64", [float(n) for n in range(GZIP_AFTER)])])  # past the buffered start
+    bad = Frame([Field("v", "string", [object()])])  # nothing a backend builds, but an encoder can still fail
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await write_results(request, {"A": DataResponse([good]), "B": DataResponse([bad])}, 200)
+
+    from gateway.responses import error_middleware
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    response = await client.get("/")
+    assert response.status == 200  # the status line went out before B was encoded
+    with pytest.raises(aiohttp.ClientPayloadError):  # but the body is cut, never a complete-looking answer
+        await response.read()
+    assert "query response: encoding failed" in caplog.text
 
 
 def test_accept_headers_are_read_to_a_bounded_number_of_entries():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import zlib
 from datetime import UTC, datetime
 
@@ -16,6 +17,8 @@ from gateway.keys import cache_key, config_key, metrics_key, query_cache_key
 from gateway.query import MetricRequest, Resolver, execute, failed, plan
 
 MULTI_STATUS_TOGGLE = "datasourceQueryMultiStatus"
+log = logging.getLogger("gateway")
+
 WRITE_SIZE = 64 << 10  # bytes gathered before a write: few syscalls, never the whole body in memory
 GZIP_AFTER = 16 << 10  # bodies smaller than this go out uncompressed
 
@@ -44,12 +47,13 @@ async def write_results(request: web.Request, results: dict[str, DataResponse], 
     gzipped when the client accepts gzip and the body is not small.
 
     The negotiation happens before prepare(). A large body is encoded while it is written, so that it is never
-    held whole; should encoding fail past the status line, the chunked body ends without its last chunk and the
-    client sees a cut answer, never a complete-looking one."""
+    held whole; should encoding fail past the status line, the connection is cut, so the client sees a broken
+    answer, never a complete-looking one."""
     headers = {"Vary": "Accept, Accept-Encoding", **(headers or {})}
     accept = qualities(request.headers.get("Accept", ""))
     msgpack = accept.get("application/msgpack", 0.0)
-    if msgpack > 0 and msgpack > accept.get("application/json", 0.0):
+    json_q = next((accept[name] for name in ("application/json", "application/*", "*/*") if name in accept), 0.0)
+    if msgpack > json_q:  # only when asked for by name, and preferred to JSON
         return web.Response(body=encode_msgpack(results), status=status, content_type="application/msgpack",
                             headers=headers)
     encodings = qualities(request.headers.get("Accept-Encoding", ""))
@@ -82,11 +86,20 @@ async def write_results(request: web.Request, results: dict[str, DataResponse], 
         if data:
             await response.write(data)
 
-    for chunk in chunks:
-        pending.append(chunk)
-        pending_size += len(chunk)
-        if pending_size >= WRITE_SIZE:
-            await flush()
+    try:
+        for chunk in chunks:
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= WRITE_SIZE:
+                await flush()
+    except ConnectionResetError:
+        raise  # the client left: nothing to tell it
+    except Exception:
+        # the status line is out: end the connection, so the client sees a cut answer, not a short 200
+        log.exception("query response: encoding failed after %d bytes", response.body_length)
+        if request.transport is not None:
+            request.transport.abort()
+        return response
     await flush()
     if packer is not None:
         await response.write(packer.flush())

@@ -235,7 +235,9 @@ async def _kill_query(ctx: Context, thread_id: int, sql: str) -> None:
             killer = await asyncmy.connect(**connect_options(ctx))
             try:
                 async with killer.cursor() as cursor:
-                    await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = %s AND INFO = %s",
+                    # INFO holds a long statement cut short: its start identifies it
+                    await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = %s"
+                                         " AND COMMAND = 'Query' AND LEFT(INFO, 1024) = LEFT(%s, 1024)",
                                          (thread_id, sql))
                     if await cursor.fetchall():
                         await cursor.execute(f"KILL QUERY {int(thread_id)}")

@@ -601,7 +601,7 @@ def shape(columns: list[Column], fmt: str, executed: str, notices: list[Notice],
         except ValueError as error:
             raise SqlError("convert value to float failed", str(error) or "invalid syntax") from None
     # a bound on the cells of the wide frame that any dense pivot of row_limit rows stays under
-    max_cells = max(MAX_WIDE_CELLS, row_limit * (len(columns) - 1))
+    max_cells = max(MAX_WIDE_CELLS, row_limit * len(columns))
     if schema_of(columns).kind == "long":
         try:
             wide = long_to_wide(columns, fill, max_cells)

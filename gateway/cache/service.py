@@ -107,7 +107,7 @@ class QueryCache:
 
 def query_ttl(query: DataQuery, settings: CacheSettings, config: Config) -> float:
     """Seconds one answer lives: the panel's `queryCachingTTL` (ms, Grafana's per-panel override) when set,
-    else the data source's; never more than [caching] max_ttl."""
+    else the data source's; never more than [caching] max_ttl, nor than MAX_TTL (a year)."""
     panel = msgspec.json.decode(query.model).get("queryCachingTTL")
     if isinstance(panel, int) and not isinstance(panel, bool) and panel > 0:
         return bounded(min(panel, MAX_TTL * 1000) / 1000, config)  # a huge integer would not fit a float

@@ -77,17 +77,21 @@ class DataSourceCache:
         return await self.get(org_id, id=parse_id(reference, trace=True))
 
     async def get(self, org_id: int, *, id: int | None = None, uid: str | None = None) -> Context:
-        """The data source by id or uid, from memory when possible; DataSourceNotFound otherwise.
+        """The data source by id or uid, from memory when possible; DataSourceNotFound otherwise."""
+        return await self._cached(("id", org_id, id) if id is not None else ("uid", org_id, uid), org_id, id, uid)
 
-        Concurrent misses for one key share a single load (no stampede on Postgres).
-        """
-        key: Key = ("id", org_id, id) if id is not None else ("uid", org_id, uid)
+    async def get_default(self, org_id: int) -> Context:
+        """The org's default data source, from memory when possible; DataSourceNotFound otherwise."""
+        return await self._cached(("default", org_id, None), org_id, None, None)
+
+    async def _cached(self, key: Key, org_id: int, id: int | None, uid: str | None) -> Context:
+        """From memory while fresh, else loaded. Concurrent misses for one key share a single load (no stampede
+        on Postgres); an expired entry stays until its reload, which keeps it when the data source is unchanged
+        (its open clients too)."""
         hit = self._entries.get(key)
-        if hit is not None:
-            if hit[0] > time.monotonic():
-                self.hits += 1
-                return hit[1]
-            self._drop(hit[1])
+        if hit is not None and hit[0] > time.monotonic():
+            self.hits += 1
+            return hit[1]
         self.misses += 1
         loading = self._loading.get(key)
         if loading is None:
@@ -99,21 +103,6 @@ class DataSourceCache:
     def built_in(self, org_id: int) -> Context:
         """The org's -- Grafana -- data source (uid `grafana`), which no table holds."""
         return Context(grafana.built_in(org_id), {}, grafana.Grafana(), self._clients)
-
-    async def get_default(self, org_id: int) -> Context:
-        """The org's default data source, from memory when possible; DataSourceNotFound otherwise."""
-        key: Key = ("default", org_id, None)
-        hit = self._entries.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            self.hits += 1
-            return hit[1]
-        self.misses += 1
-        loading = self._loading.get(key)
-        if loading is None:
-            loading = asyncio.get_running_loop().create_task(self._load(key, org_id, None, None))
-            self._loading[key] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(key, None))
-        return await asyncio.shield(loading)
 
     async def get_many(self, org_id: int, uids: Iterable[str]) -> dict[str, Context]:
         """The org's data sources among `uids` by uid, those not in memory read in one round trip; unknown and
@@ -139,23 +128,25 @@ class DataSourceCache:
         generation = self._generation
         if key[0] == "default":
             ds = await self._store.get_default_data_source(org_id)
-            hit = self._entries.get(("uid", ds.org_id, ds.uid))
-            if hit is not None and hit[0] > time.monotonic() and hit[1].ds == ds:
-                context = hit[1]  # the same data source, already open: keep its clients
-            else:
-                context = self._keep(ds, generation)
+            context = self._keep(ds, generation)
             if generation == self._generation:
                 self._entries[key] = (self._entries[("uid", ds.org_id, ds.uid)][0], context)
             return context
         return self._keep(await self._store.get_data_source(org_id, id=id, uid=uid), generation)
 
     def _keep(self, ds: DataSource, generation: int) -> Context:
-        """A data source read from Postgres, opened and cached (trusted while no change raced with the read)."""
+        """A data source read from Postgres, opened and cached (trusted while no change raced with the read);
+        when memory already holds it unchanged (an expired entry, or concurrent loads), that one is kept, so a
+        data source read again never opens a second set of clients."""
         trusted = self._listening and generation == self._generation
         expires = math.inf if trusted else time.monotonic() + UNTRUSTED_TTL
-        context = Context(ds, self._box.open_all(ds.secure_json_data), backend_for(ds.type), self._clients)
         if len(self._entries) >= MAX_ENTRIES:
             self.clear()
+        held = self._entries.get(("uid", ds.org_id, ds.uid))
+        if held is not None and held[1].ds == ds:
+            context = held[1]
+        else:
+            context = Context(ds, self._box.open_all(ds.secure_json_data), backend_for(ds.type), self._clients)
         for old_key in (("id", ds.org_id, ds.id), ("uid", ds.org_id, ds.uid)):
             old = self._entries.get(old_key)
             if old is not None and old[1] is not context:
