@@ -94,8 +94,8 @@ def _series(frames: Iterable[Frame]) -> list[Series] | None:
 
 async def run(ctx: Context, delta: Delta, cached: Extent | None, now_ms: int, tolerance_ms: float,
               stats: CacheStats) -> tuple[DataResponse, Extent | None, int]:
-    """The query's answer from `cached` and what Prometheus adds, the extent to keep (None: keep nothing),
-    and the bytes fetched."""
+    """The query's answer from `cached` and what Prometheus adds, the extent to keep (None: keep nothing new,
+    also when the cached extent answered it all), and the bytes fetched."""
     prepared = delta.prepared
     step, start, end = int(prepared.step_ms), int(prepared.start_ms), int(prepared.end_ms)
     offset = prepared.query.utc_offset_sec * 1000
@@ -156,7 +156,7 @@ async def run(ctx: Context, delta: Delta, cached: Extent | None, now_ms: int, to
     ordered = sorted(merged.items())  # Prometheus sorts a range query's series by their labels
     frames = [series_frame(dict(labels), times, values) for labels, (times, values) in ordered]
     kept = None
-    if stable >= start:
+    if pieces and stable >= start:  # nothing fetched: the extent already holds all of it (and maybe more)
         kept_series = []
         for labels, (times, values) in ordered:
             last = bisect.bisect_right(times, stable)
