@@ -92,3 +92,17 @@ async def test_the_form_runs_a_data_source_past_the_listed_ones(client):
     form = {"csrf": csrf, "uid": "zz", "query": "random_walk", "from": "now-1h", "to": "now"}
     response = await client.post("/admin/query", headers=ADMIN, data=form)
     assert response.status == 200 and "svg" in await response.text()
+
+
+async def test_times_past_the_years_a_date_can_hold_are_shown_as_numbers_and_not_drawn(client):
+    await add(client, "td")
+    page = await (await client.get("/admin", headers=ADMIN)).text()
+    csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    model = '{"scenarioId": "csv_content", "csvContent": "time,value\\n1,1\\n1e20,2\\n-1e20,3"}'
+    form = {"csrf": csrf, "uid": "td", "query": model, "from": "now-1h", "to": "now"}
+    response = await client.post("/admin/query", headers=ADMIN, data=form)
+    text = await response.text()
+    assert response.status == 200, text
+    assert "<td>1970-01-01 00:00:00.001</td>" in text and "<td>100000000000000000000</td>" in text
+    assert "<td>-100000000000000000000</td>" in text
+    assert 'class="chart"' in text

@@ -18,7 +18,7 @@ from aiohttp import web
 from gateway.auth import Identity, authorize
 from gateway.backends.base import Context, NotImplementedByBackend
 from gateway.backends.registry import plugin_for
-from gateway.chart import line_chart
+from gateway.chart import FIRST_MS, LAST_MS, line_chart
 from gateway.datasources.models import DataSource
 from gateway.errors import DataSourceNotFound, GatewayError, translate
 from gateway.frames import DataResponse, Frame
@@ -181,7 +181,7 @@ def _table(frame: Frame) -> dict[str, Any]:
 def _cell(field_type: str, value: Any) -> str:
     if value is None:
         return "null"
-    if field_type == "time.Time" and isinstance(value, int | float):
+    if field_type == "time.Time" and isinstance(value, int | float) and FIRST_MS <= value <= LAST_MS:
         return datetime.fromtimestamp(value / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     if isinstance(value, float):
         return f"{value:.6g}"
