@@ -89,6 +89,10 @@ SHUTDOWN_MARGIN = 1.0
 _CANCEL_WAIT = 0.25  # aiohttp's wait (per phase) for a cancelled handler to unwind, inside SHUTDOWN_MARGIN
 
 
+class CannotListen(Exception):
+    """[server] http_addr:http_port could not be bound (in use, not a local address, a privileged port)."""
+
+
 class _NoRequestEchoes(logging.Filter):
     """aiohttp logs a malformed request with a traceback that quotes the offending line, an Authorization
     header included: log one line naming the error instead."""
@@ -141,7 +145,10 @@ async def _serve(config: Config, sock: socket.socket | None, peers: str | None) 
                 site = web.SockSite(runner, sock)
             else:
                 site = web.TCPSite(runner, config.server.http_addr or None, config.server.http_port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as error:
+                raise CannotListen(f"{config.server.http_addr or '*'}:{config.server.http_port}: {error}") from None
             log.info("serving (pid %d)", os.getpid())
             await _drain(runner, await signalled, budget)
     finally:
@@ -212,8 +219,12 @@ def serve(config: Config) -> None:
         return
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, config.server.http_port))
-    sock.listen(1024)
+    try:
+        sock.bind((host, config.server.http_port))
+        sock.listen(1024)
+    except OSError as error:
+        sock.close()
+        raise CannotListen(f"{host}:{config.server.http_port}: {error}") from None
     sock.set_inheritable(True)
     # the workers answer each other's metrics here, so one scrape has them all (gateway.metrics); private
     # to this user (mkdtemp makes it 0700), and removed with every socket in it when the workers are gone
@@ -404,9 +415,12 @@ def _write_export(text: str, output: str | None) -> None:
         sys.stdout.write(text)
         return
     # the file may hold decrypted secrets: readable by its owner only
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+    except OSError as error:  # not the database's: main() reads any other OSError as one
+        sys.exit(f"gateway: cannot write {output}: {error.strerror or error}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -473,6 +487,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"gateway: {error}")
     except ProvisioningFailed as error:
         sys.exit(f"gateway: provisioning: {error.message}")
+    except CannotListen as error:
+        sys.exit(f"gateway: cannot listen on {error}")
     except (OSError, TimeoutError, DatabaseUnavailable) as error:
         sys.exit(f"gateway: cannot reach the database at [database] url: {error}")
 

@@ -382,6 +382,13 @@ async def test_export_of_an_org_without_data_sources_is_an_empty_file(database_u
     assert yaml.safe_load(done.stdout) == {"apiVersion": 1, "datasources": []}
 
 
+def test_an_export_that_cannot_be_written_names_the_file_not_the_database(database_url, tmp_path):
+    target = tmp_path / "missing" / "datasources.yaml"
+    done = run_gateway(database_url, "datasources", "export", "-o", str(target))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == f"gateway: cannot write {target}: No such file or directory"
+
+
 def test_a_sealed_secret_never_reaches_an_error(tmp_path):
     # the reader's YAML error quotes no part of the file, so no secret on the failing line
     from gateway.provisioning import read_file
