@@ -106,3 +106,15 @@ async def test_times_past_the_years_a_date_can_hold_are_shown_as_numbers_and_not
     assert "<td>1970-01-01 00:00:00.001</td>" in text and "<td>100000000000000000000</td>" in text
     assert "<td>-100000000000000000000</td>" in text
     assert 'class="chart"' in text
+
+
+async def test_a_form_body_that_cannot_be_read_is_a_400(client):
+    bodies = [
+        ("application/x-www-form-urlencoded", b"csrf=%ff%fe&uid=\xff"),
+        ("multipart/form-data; boundary=xx", b'--xx\r\nContent-Disposition: form-data\r\n\r\nv\r\n--xx--\r\n'),
+        ("multipart/form-data", b"abc"),
+    ]
+    for content_type, body in bodies:
+        response = await client.post("/admin/query", data=body, headers={**ADMIN, "Content-Type": content_type})
+        assert response.status == 400, content_type
+        assert await response.json() == {"message": "the form could not be read"}

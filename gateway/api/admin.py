@@ -48,7 +48,10 @@ async def admin_page(request: web.Request) -> web.Response:
 async def admin_query(request: web.Request) -> web.Response:
     """POST /admin/query: the form's query run as /api/ds/query runs it, shown as tables and a chart."""
     identity = await authorize(request, "datasources:read")
-    form = await request.post()
+    try:
+        form = await request.post()
+    except ValueError:  # aiohttp's own: bytes that are not UTF-8, a multipart body without boundary or names
+        raise GatewayError("the form could not be read", status=400) from None
     if not hmac.compare_digest(str(form.get("csrf", "")), csrf_token(request, identity)) or not _same_origin(request):
         raise GatewayError("invalid or missing CSRF token: reload the page", status=403)
     if any(not isinstance(value, str) for value in form.values()):
