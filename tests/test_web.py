@@ -118,3 +118,26 @@ async def test_a_form_body_that_cannot_be_read_is_a_400(client):
         response = await client.post("/admin/query", data=body, headers={**ADMIN, "Content-Type": content_type})
         assert response.status == 400, content_type
         assert await response.json() == {"message": "the form could not be read"}
+
+
+async def test_a_caller_who_may_read_but_not_query_gets_no_health_check_run_for_them(client, aiohttp_server,
+                                                                                     make_token):
+    from aiohttp import web
+
+    calls = []
+
+    async def answer(request):
+        calls.append(request.path)
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": []}})
+
+    upstream = web.Application()
+    upstream.router.add_route("*", "/{tail:.*}", answer)
+    server = await aiohttp_server(upstream)
+    await add(client, "prom", ds_type="prometheus", url=str(server.make_url("/")))
+    reader = await make_token("None", (("datasources:read", "datasources:*"),))
+    assert (await client.get("/api/datasources/uid/prom/health", headers=reader)).status == 403
+    text = await (await client.get("/admin", headers=reader)).text()
+    assert 'data-status="NONE" title="no permission to query this data source"' in text
+    assert calls == []
+    text = await (await client.get("/admin", headers=ADMIN)).text()
+    assert 'data-status="OK"' in text and calls

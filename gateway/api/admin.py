@@ -92,7 +92,7 @@ async def _page(request: web.Request, identity: Identity, sources: list[DataSour
                 error: str = "", results: list[dict[str, Any]] | None = None, status: int = 200) -> web.Response:
     """The page: the data source table (with live health) above the form and what it ran."""
     return aiohttp_jinja2.render_template("admin.html", request, {
-        "identity": identity, "sources": sources, "health": await _health(request, sources),
+        "identity": identity, "sources": sources, "health": await _health(request, identity, sources),
         "stats": await request.app[metrics_key].datasource_stats(identity.org_id),
         "csrf": csrf_token(request, identity), "form": form, "error": error, "results": results or [],
         "version": request.app[config_key].gateway.grafana_version, "max_listed": MAX_LISTED,
@@ -118,12 +118,16 @@ async def _sources(request: web.Request, identity: Identity) -> list[DataSource]
     return sorted(rows, key=lambda ds: ds.name.lower())[:MAX_LISTED]
 
 
-async def _health(request: web.Request, sources: list[DataSource]) -> dict[str, tuple[str, str]]:
-    """(status, message) per uid: OK, ERROR, or NONE for a type without a health check; all at once, bounded."""
+async def _health(request: web.Request, identity: Identity,
+                  sources: list[DataSource]) -> dict[str, tuple[str, str]]:
+    """(status, message) per uid: OK, ERROR, or NONE for a type without a health check or a data source the
+    caller may not query (the API's health check needs datasources:query too); all at once, bounded."""
     cache = request.app[cache_key]
     limit = asyncio.Semaphore(HEALTH_CONCURRENCY)
 
     async def one(ds: DataSource) -> tuple[str, tuple[str, str]]:
+        if not identity.can("datasources:query", f"datasources:uid:{ds.uid}"):
+            return ds.uid, ("NONE", "no permission to query this data source")
         async with limit:
             try:
                 ctx: Context = await cache.get(ds.org_id, uid=ds.uid)
