@@ -231,7 +231,10 @@ def serve(config: Config) -> None:
     peers = tempfile.mkdtemp(prefix="gateway-metrics-")
     context = multiprocessing.get_context("fork")
 
-    def start() -> BaseProcess:
+    def start(dead: BaseProcess | None = None) -> BaseProcess:
+        if dead is not None:  # killed outright, it left its metrics socket: every scrape would knock on it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(peers, f"{dead.pid}.sock"))
         process = context.Process(target=_serve_worker, args=(config, sock, peers), daemon=False)
         process.start()
         return process
@@ -262,7 +265,8 @@ def _exit_reason(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _supervise(processes: list[BaseProcess], grace: float, start: Callable[[], BaseProcess] | None = None,
+def _supervise(processes: list[BaseProcess], grace: float,
+               start: Callable[[BaseProcess | None], BaseProcess] | None = None,
                on_signal: Callable[[], None] | None = None) -> int:
     """Wait for the workers, replacing one that dies (RESTART_LIMIT per RESTART_WINDOW at most); pass SIGTERM
     and SIGINT on to them and SIGKILL those still running `grace` later. Returns the exit status for the server:
@@ -319,8 +323,8 @@ def _supervise(processes: list[BaseProcess], grace: float, start: Callable[[], B
     return status
 
 
-def _replace_dead(processes: list[BaseProcess], start: Callable[[], BaseProcess], restarts: deque[float],
-                  grace: float, on_stop: Callable[[], None] | None) -> tuple[float | None, int]:
+def _replace_dead(processes: list[BaseProcess], start: Callable[[BaseProcess | None], BaseProcess],
+                  restarts: deque[float], grace: float, on_stop: Callable[[], None] | None) -> tuple[float | None, int]:
     """Start a worker in place of each dead one and log it; on a crash loop stop the others instead and return
     (the deadline to kill them, exit status 1)."""
     for index, process in enumerate(processes):
@@ -340,7 +344,7 @@ def _replace_dead(processes: list[BaseProcess], start: Callable[[], BaseProcess]
         restarts.append(now)
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # the new worker unblocks them once it handles them
         try:
-            processes[index] = start()
+            processes[index] = start(process)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         log.warning("worker %d died (%s): started worker %d in its place", process.pid,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # Fill and free eight 400 KiB chunks 64 times and print the minor page faults that took. With glibc's
@@ -145,6 +146,9 @@ async def test_a_worker_that_dies_is_replaced_and_the_event_logged(database_url,
         (replacement,) = now - workers
         assert f"worker {victim} died (killed by SIGKILL): started worker {replacement} in its place" in (
             gateway.log.read_text())
+        # the dead worker's metrics socket is gone with it: every scrape would knock on it for good
+        (socket,) = Path(tempfile.gettempdir()).glob(f"gateway-metrics-*/{replacement}.sock")
+        assert {path.name for path in socket.parent.iterdir()} == {f"{pid}.sock" for pid in now}
         async with aiohttp.ClientSession() as session:
             for _ in range(10):  # both workers (whichever accepts) answer
                 async with session.get(f"{gateway.url}/api/health") as response:
