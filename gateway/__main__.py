@@ -33,7 +33,7 @@ from gateway.crypto import SecretKeyMismatch, unwrap_key, wrap_key
 from gateway.datasources.store import DataSourceStore
 from gateway.db import DatabaseUnreachable
 from gateway.embedded import start_embedded_postgres
-from gateway.errors import DatabaseUnavailable, ProvisioningFailed
+from gateway.errors import DatabaseUnavailable, GatewayError, ProvisioningFailed
 from gateway.keys import draining_key, peers_key
 from gateway.logs import configure as configure_logging
 from gateway.provisioning import export
@@ -427,6 +427,17 @@ def _write_export(text: str, output: str | None) -> None:
         sys.exit(f"gateway: cannot write {output}: {error.strerror or error}")
 
 
+def _org_id(text: str) -> int:
+    """An org id as the database holds it (bigint), refused by argparse with its usage line otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"not an org id (1 to 2^63 - 1): {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     parser.add_argument("--config", help="custom INI file, applied over the embedded defaults")
@@ -438,7 +449,7 @@ def _parser() -> argparse.ArgumentParser:
     create = accounts.add_parser("create", help="create a service account and print a new token for it")
     create.add_argument("--name", required=True)
     create.add_argument("--role", choices=ROLES, default="Viewer")
-    create.add_argument("--org-id", type=int, default=1)
+    create.add_argument("--org-id", type=_org_id, default=1)
     create.add_argument("--token-name")
     create.add_argument("--permission", action="append", metavar="ACTION=SCOPE",
                         help="extra grant, e.g. datasources:query=datasources:uid:abc (repeatable)")
@@ -447,7 +458,7 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--old-key", required=True)
     sources = commands.add_parser("datasources", help="data sources").add_subparsers(dest="action")
     exporter = sources.add_parser("export", help="write the org's data sources as a provisioning file")
-    exporter.add_argument("--org-id", type=int, default=1)
+    exporter.add_argument("--org-id", type=_org_id, default=1)
     exporter.add_argument("--with-secrets", action="store_true",
                           help="include secureJsonData, decrypted (the file then holds every secret)")
     exporter.add_argument("-o", "--output", help="file to write (mode 0600); default: standard output")
@@ -495,6 +506,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"gateway: cannot listen on {error}")
     except (OSError, TimeoutError, DatabaseUnavailable) as error:
         sys.exit(f"gateway: cannot reach the database at [database] url: {error}")
+    except GatewayError as error:  # a command's own refusal, e.g. an org that does not exist
+        sys.exit(f"gateway: {error.message}")
 
 
 if __name__ == "__main__":
