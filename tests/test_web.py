@@ -141,3 +141,39 @@ async def test_a_caller_who_may_read_but_not_query_gets_no_health_check_run_for_
     assert calls == []
     text = await (await client.get("/admin", headers=ADMIN)).text()
     assert 'data-status="OK"' in text and calls
+
+
+async def test_nothing_that_acts_is_taken_from_another_origin(client, aiohttp_server):
+    # once /admin asked for Basic credentials a browser sends them with any site's form post or WebSocket
+    from aiohttp import web
+
+    calls = []
+
+    async def answer(request):
+        calls.append(request.method)
+        return web.json_response({"status": "success"})
+
+    upstream = web.Application()
+    upstream.router.add_route("*", "/{tail:.*}", answer)
+    server = await aiohttp_server(upstream)
+    await add(client, "prom", ds_type="prometheus", url=str(server.make_url("/")))
+    evil = {**ADMIN, "Origin": "http://evil.example"}
+    form = {**evil, "Content-Type": "application/x-www-form-urlencoded"}
+    refused = [
+        await client.post("/api/admin/provisioning/datasources/reload", headers=form),
+        await client.post("/api/datasources/proxy/uid/prom/api/v1/admin/tsdb/delete_series", data="match[]=up",
+                          headers=form),
+        await client.post("/admin/query", data={"uid": "prom", "query": "up"}, headers=evil),
+        await client.get("/api/datasources/proxy/uid/prom/ws", headers={
+            **evil, "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}),
+        await client.post("/api/admin/provisioning/datasources/reload", headers={**ADMIN, "Origin": "null"}),
+    ]
+    for response in refused:
+        assert response.status == 403, response.url
+        assert await response.json() == {"message": "origin not allowed"}
+    assert calls == []
+    assert (await client.get("/api/datasources/proxy/uid/prom/x", headers=evil)).status == 200  # reads are not
+    own = {**ADMIN, "Origin": f"http://{client.host}:{client.port}"}
+    assert (await client.post("/api/admin/provisioning/datasources/reload", headers=own)).status == 200
+    assert (await client.post("/api/admin/provisioning/datasources/reload", headers=ADMIN)).status == 200
