@@ -37,6 +37,9 @@ Step = ProvisionedDelete | ProvisionedDataSource
 
 # $$ (a literal $), ${VAR}, $VAR, and Grafana's $__env{VAR} / $__file{path} macros
 _EXPAND = re.compile(r"\$(?:(\$)|__(env|file)\{([^}]*)\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+# in PyYAML's problems, what is quoted is a token name ('<block end>', ',') or text from the file
+_QUOTED = re.compile(r"'([^']*)'")
+_TOKEN = re.compile(r"<[a-z ]+>|.")
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0", ""}
 
 
@@ -255,7 +258,10 @@ def read_file(path: Path, box: SecretBox, environ: Mapping[str, str]) -> list[St
     except yaml.MarkedYAMLError as error:  # never str(error): its snippet could quote a secret
         mark = error.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ProvisioningFailed(f"{path}: not valid YAML ({error.problem}{where})") from None
+        # the problem quotes tags ('!...'), and an unquoted password that starts with ! reads as one
+        problem = _QUOTED.sub(lambda quoted: quoted.group() if _TOKEN.fullmatch(quoted.group(1)) else "'…'",
+                              error.problem or "")
+        raise ProvisioningFailed(f"{path}: not valid YAML ({problem}{where})") from None
     except (yaml.YAMLError, UnicodeDecodeError):
         raise ProvisioningFailed(f"{path}: not valid YAML") from None
     except RecursionError:  # PyYAML parses nesting recursively: a few hundred levels of [ or {

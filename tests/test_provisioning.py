@@ -465,3 +465,14 @@ async def test_a_start_reapplies_the_files_when_a_file_they_read_changed(start, 
     token.write_text("two\n")  # e.g. a mounted Secret rotated, then the pods restarted
     second = await start()
     assert (await view(second, "p"))["jsonData"] == {"team": "two"}
+
+
+def test_a_password_that_reads_as_a_yaml_tag_is_not_quoted_in_the_error(tmp_path):
+    from gateway.provisioning import read_file
+
+    path = write(tmp_path, "a.yaml", "apiVersion: 1\ndatasources:\n  - name: x\n    type: prometheus\n"
+                                     "    secureJsonData:\n      password: !S3cr3t-pw\n")
+    with pytest.raises(ProvisioningFailed) as raised:
+        read_file(path, None, {})  # type: ignore[arg-type]
+    assert raised.value.message == (f"Datasources config not applied: {path}: not valid YAML (could not determine a "
+                                    "constructor for the tag '…' at line 6, column 17)")
