@@ -33,7 +33,7 @@ from gateway.crypto import SecretKeyMismatch, unwrap_key, wrap_key
 from gateway.datasources.store import DataSourceStore
 from gateway.db import DatabaseUnreachable
 from gateway.embedded import start_embedded_postgres
-from gateway.errors import DatabaseUnavailable, ProvisioningFailed
+from gateway.errors import DatabaseUnavailable, GatewayError, ProvisioningFailed
 from gateway.keys import draining_key, peers_key
 from gateway.logs import configure as configure_logging
 from gateway.provisioning import export
@@ -89,6 +89,10 @@ SHUTDOWN_MARGIN = 1.0
 _CANCEL_WAIT = 0.25  # aiohttp's wait (per phase) for a cancelled handler to unwind, inside SHUTDOWN_MARGIN
 
 
+class CannotListen(Exception):
+    """[server] http_addr:http_port could not be bound (in use, not a local address, a privileged port)."""
+
+
 class _NoRequestEchoes(logging.Filter):
     """aiohttp logs a malformed request with a traceback that quotes the offending line, an Authorization
     header included: log one line naming the error instead."""
@@ -141,7 +145,10 @@ async def _serve(config: Config, sock: socket.socket | None, peers: str | None) 
                 site = web.SockSite(runner, sock)
             else:
                 site = web.TCPSite(runner, config.server.http_addr or None, config.server.http_port)
-            await site.start()
+            try:
+                await site.start()
+            except OSError as error:
+                raise CannotListen(f"{config.server.http_addr or '*'}:{config.server.http_port}: {error}") from None
             log.info("serving (pid %d)", os.getpid())
             await _drain(runner, await signalled, budget)
     finally:
@@ -212,15 +219,22 @@ def serve(config: Config) -> None:
         return
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, config.server.http_port))
-    sock.listen(1024)
+    try:
+        sock.bind((host, config.server.http_port))
+        sock.listen(1024)
+    except OSError as error:
+        sock.close()
+        raise CannotListen(f"{host}:{config.server.http_port}: {error}") from None
     sock.set_inheritable(True)
     # the workers answer each other's metrics here, so one scrape has them all (gateway.metrics); private
     # to this user (mkdtemp makes it 0700), and removed with every socket in it when the workers are gone
     peers = tempfile.mkdtemp(prefix="gateway-metrics-")
     context = multiprocessing.get_context("fork")
 
-    def start() -> BaseProcess:
+    def start(dead: BaseProcess | None = None) -> BaseProcess:
+        if dead is not None:  # killed outright, it left its metrics socket: every scrape would knock on it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(peers, f"{dead.pid}.sock"))
         process = context.Process(target=_serve_worker, args=(config, sock, peers), daemon=False)
         process.start()
         return process
@@ -251,7 +265,8 @@ def _exit_reason(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _supervise(processes: list[BaseProcess], grace: float, start: Callable[[], BaseProcess] | None = None,
+def _supervise(processes: list[BaseProcess], grace: float,
+               start: Callable[[BaseProcess | None], BaseProcess] | None = None,
                on_signal: Callable[[], None] | None = None) -> int:
     """Wait for the workers, replacing one that dies (RESTART_LIMIT per RESTART_WINDOW at most); pass SIGTERM
     and SIGINT on to them and SIGKILL those still running `grace` later. Returns the exit status for the server:
@@ -308,8 +323,8 @@ def _supervise(processes: list[BaseProcess], grace: float, start: Callable[[], B
     return status
 
 
-def _replace_dead(processes: list[BaseProcess], start: Callable[[], BaseProcess], restarts: deque[float],
-                  grace: float, on_stop: Callable[[], None] | None) -> tuple[float | None, int]:
+def _replace_dead(processes: list[BaseProcess], start: Callable[[BaseProcess | None], BaseProcess],
+                  restarts: deque[float], grace: float, on_stop: Callable[[], None] | None) -> tuple[float | None, int]:
     """Start a worker in place of each dead one and log it; on a crash loop stop the others instead and return
     (the deadline to kill them, exit status 1)."""
     for index, process in enumerate(processes):
@@ -329,7 +344,7 @@ def _replace_dead(processes: list[BaseProcess], start: Callable[[], BaseProcess]
         restarts.append(now)
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # the new worker unblocks them once it handles them
         try:
-            processes[index] = start()
+            processes[index] = start(process)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         log.warning("worker %d died (%s): started worker %d in its place", process.pid,
@@ -405,9 +420,23 @@ def _write_export(text: str, output: str | None) -> None:
         sys.stdout.write(text)
         return
     # the file may hold decrypted secrets: readable by its owner only
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+    except OSError as error:  # not the database's: main() reads any other OSError as one
+        sys.exit(f"gateway: cannot write {output}: {error.strerror or error}")
+
+
+def _org_id(text: str) -> int:
+    """An org id as the database holds it (bigint), refused by argparse with its usage line otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"not an org id (1 to 2^63 - 1): {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -421,7 +450,7 @@ def _parser() -> argparse.ArgumentParser:
     create = accounts.add_parser("create", help="create a service account and print a new token for it")
     create.add_argument("--name", required=True)
     create.add_argument("--role", choices=ROLES, default="Viewer")
-    create.add_argument("--org-id", type=int, default=1)
+    create.add_argument("--org-id", type=_org_id, default=1)
     create.add_argument("--token-name")
     create.add_argument("--permission", action="append", metavar="ACTION=SCOPE",
                         help="extra grant, e.g. datasources:query=datasources:uid:abc (repeatable)")
@@ -430,7 +459,7 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument("--old-key", required=True)
     sources = commands.add_parser("datasources", help="data sources").add_subparsers(dest="action")
     exporter = sources.add_parser("export", help="write the org's data sources as a provisioning file")
-    exporter.add_argument("--org-id", type=int, default=1)
+    exporter.add_argument("--org-id", type=_org_id, default=1)
     exporter.add_argument("--with-secrets", action="store_true",
                           help="include secureJsonData, decrypted (the file then holds every secret)")
     exporter.add_argument("-o", "--output", help="file to write (mode 0600); default: standard output")
@@ -474,8 +503,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(f"gateway: {error}")
     except ProvisioningFailed as error:
         sys.exit(f"gateway: provisioning: {error.message}")
+    except CannotListen as error:
+        sys.exit(f"gateway: cannot listen on {error}")
     except (OSError, TimeoutError, DatabaseUnavailable) as error:
         sys.exit(f"gateway: cannot reach the database at [database] url: {error}")
+    except GatewayError as error:  # a command's own refusal, e.g. an org that does not exist
+        sys.exit(f"gateway: {error.message}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from gateway.errors import (
     DataSourceAccessDenied,
     DataSourceNotFound,
     GatewayError,
+    OriginNotAllowed,
     Unauthorized,
     api_key_other_org,
     bad_credentials,
@@ -273,6 +274,13 @@ async def queryable(request: web.Request, identity: Identity, reference: str,
 
 
 _PUBLIC = frozenset({"/api/health"})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def same_origin(request: web.Request) -> bool:
+    """A browser's Origin, when it sends one, names this host (a form posted from elsewhere does not)."""
+    origin = request.headers.get("Origin")
+    return origin is None or origin.partition("://")[2] == request.host
 _BROWSER_PROMPT = {"WWW-Authenticate": 'Basic realm="gateway", charset="UTF-8"'}
 
 
@@ -281,6 +289,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Require a signed-in caller on every /api route but the health probe, and on the admin page (where a
     401 asks the browser for a user and password)."""
     path = request.path
+    # a cross-site page can make a browser post (or open a WebSocket) with the Basic credentials it keeps for
+    # this host once /admin asked for them: nothing that acts may come from another origin
+    acts = request.method not in _SAFE_METHODS or request.headers.get("Upgrade", "").lower() == "websocket"
+    if acts and not same_origin(request):
+        raise OriginNotAllowed()
     if path.startswith("/api/") and path not in _PUBLIC:
         request[identity_key] = await request.app[authenticator_key].identify(request)
     elif path == "/admin" or path.startswith("/admin/"):

@@ -18,6 +18,8 @@ from gateway.frames import Field, Frame
 MAX_LINES = 20
 MAX_POINTS = 200_000  # drawn from all lines together; the rest of a longer answer is left out
 COLORS = ("#7eb26d", "#eab839", "#6ed0e0", "#ef843c", "#e24d42", "#1f78c1", "#ba43a9", "#705da0")
+# epoch milliseconds of datetime's years 1 to 9999: a time outside them has no axis label, and is not drawn
+FIRST_MS, LAST_MS = -62_135_596_800_000, 253_402_300_799_000
 _NUMERIC = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                       "float32", "float64"})
 
@@ -60,7 +62,7 @@ def line_chart(frames: Sequence[Frame], width: int = 760, height: int = 260) -> 
             series.append((name, times[:budget], values[:budget]))
             budget -= len(times)
     points = [(t, v) for _, times, values in series for t, v in zip(times, values, strict=True)
-              if v is not None and t is not None and math.isfinite(v)]
+              if v is not None and t is not None and math.isfinite(v) and FIRST_MS <= t <= LAST_MS]
     if not points:
         return None
     left, top, right, bottom = 64, 12, 12, 28
@@ -81,7 +83,7 @@ def line_chart(frames: Sequence[Frame], width: int = 760, height: int = 260) -> 
     lines = []
     for index, (name, times, values) in enumerate(series):
         drawn = _thin([(x(t), y(v)) for t, v in zip(times, values, strict=True)
-                       if v is not None and t is not None and math.isfinite(v)], plot_w)
+                       if v is not None and t is not None and math.isfinite(v) and FIRST_MS <= t <= LAST_MS], plot_w)
         if drawn:
             lines.append(Line(name, COLORS[index % len(COLORS)], " ".join(f"{px:.1f},{py:.1f}" for px, py in drawn)))
     x_ticks = [Tick(x(t), _time_label(t, t1 - t0)) for t in _steps(t0, t1, 5)]

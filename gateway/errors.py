@@ -89,6 +89,13 @@ class NotFound(GatewayError):
     status, message = 404, "Not found"
 
 
+class OriginNotAllowed(GatewayError):
+    """403 for a browser request from another origin that would change something (Grafana's CSRF check): the
+    admin page's basic-auth prompt leaves credentials a browser sends with any site's form post."""
+
+    status, message = 403, "origin not allowed"
+
+
 class MetricsUnauthorized(GatewayError):
     """401 from /metrics when [metrics] basic auth is set and the request does not carry it (Grafana writes
     the status alone; the challenge header lets curl and browsers ask)."""

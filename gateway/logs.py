@@ -76,6 +76,8 @@ def _fields(record: logging.LogRecord) -> list[tuple[str, Any]]:
 
 
 _BARE = re.compile(r'[^\s"=\\]+')
+# what would end or forge a console line: C0 and C1 controls, DEL, and the Unicode line and paragraph separators
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _logfmt(value: Any) -> str:
@@ -93,6 +95,11 @@ class ConsoleFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(CONSOLE_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line before the fields, with control characters escaped: a message can quote a data source's error
+        text, and a newline there would start a line of the upstream's choosing."""
+        return _CONTROL.sub(lambda match: json.dumps(match.group())[1:-1], super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

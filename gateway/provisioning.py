@@ -37,6 +37,9 @@ Step = ProvisionedDelete | ProvisionedDataSource
 
 # $$ (a literal $), ${VAR}, $VAR, and Grafana's $__env{VAR} / $__file{path} macros
 _EXPAND = re.compile(r"\$(?:(\$)|__(env|file)\{([^}]*)\}|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+# in PyYAML's problems, what is quoted is a token name ('<block end>', ',') or text from the file
+_QUOTED = re.compile(r"'([^']*)'")
+_TOKEN = re.compile(r"<[a-z ]+>|.")
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0", ""}
 
 
@@ -49,12 +52,35 @@ def expand(value: str, environ: Mapping[str, str]) -> str:
             return "$"
         if macro == "file":
             path = Path(argument.strip())
-            if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
+            try:
+                data = _read_bounded(path) if path.is_file() else None
+                text = data.decode() if data is not None else None
+            except (OSError, UnicodeDecodeError):  # never str(error): a decode error quotes the file's bytes
+                text = None
+            if text is None:
                 raise ValueError(f"$__file{{{argument}}} is not a readable file of at most {MAX_FILE_BYTES} bytes")
-            return path.read_text().strip()
+            return text.strip()
         return environ.get((argument or braced or bare).strip(), "")
 
     return _EXPAND.sub(one, value)
+
+
+def _read_bounded(path: Path) -> bytes | None:
+    """The file's bytes, or None past MAX_FILE_BYTES (read, not stat'ed: /proc files say 0 and hold gigabytes)."""
+    with path.open("rb") as file:
+        data = file.read(MAX_FILE_BYTES + 1)
+    return data if len(data) <= MAX_FILE_BYTES else None
+
+
+def _unusable(text: str) -> str | None:
+    """Why Postgres could not store `text` (a NUL, a lone surrogate), else None."""
+    if "\0" in text:
+        return "must not contain a NUL character"
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates)"
+    return None
 
 
 def escape(value: Any) -> Any:
@@ -83,13 +109,21 @@ class _Entry:
         """Interpolate every string inside `value` (nested jsonData included)."""
         if isinstance(value, str):
             try:
-                return expand(value, self.environ)
+                text = expand(value, self.environ)
             except ValueError as error:
                 raise self.fail(field, str(error)) from None
+            if (problem := _unusable(text)) is not None:
+                raise self.fail(field, problem)
+            return text
         if isinstance(value, list):
             return [self.expanded(field, item) for item in value]
         if isinstance(value, dict):
-            return {str(key): self.expanded(f"{field}.{key}", item) for key, item in value.items()}
+            expanded = {}
+            for key, item in value.items():
+                if (problem := _unusable(str(key))) is not None:
+                    raise self.fail(f"{field} key", problem)
+                expanded[str(key)] = self.expanded(f"{field}.{key}", item)
+            return expanded
         return value
 
     def string(self, field: str, required: bool = False) -> str:
@@ -205,10 +239,16 @@ def _validate(entry: _Entry, cmd: AddDataSourceCommand) -> None:
 
 def read_file(path: Path, box: SecretBox, environ: Mapping[str, str]) -> list[Step]:
     """The steps of one file, in Grafana's order: its deletes, then its data sources."""
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ProvisioningFailed(f"{path}: larger than {MAX_FILE_BYTES} bytes")
     try:
-        text = path.read_bytes()
+        read = _read_bounded(path)
+    except FileNotFoundError:
+        return []  # removed since the folder was listed (a file replaced by rename, a ConfigMap swapped)
+    except OSError as error:
+        raise ProvisioningFailed(f"{path}: cannot be read ({error.strerror or type(error).__name__})") from None
+    if read is None:
+        raise ProvisioningFailed(f"{path}: larger than {MAX_FILE_BYTES} bytes")
+    text = read
+    try:
         alias = next((event for event in yaml.parse(text, Loader=yaml.SafeLoader)
                       if isinstance(event, yaml.AliasEvent)), None)
         if alias is not None:  # a few nested aliases expand to gigabytes ("billion laughs")
@@ -218,9 +258,14 @@ def read_file(path: Path, box: SecretBox, environ: Mapping[str, str]) -> list[St
     except yaml.MarkedYAMLError as error:  # never str(error): its snippet could quote a secret
         mark = error.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ProvisioningFailed(f"{path}: not valid YAML ({error.problem}{where})") from None
+        # the problem quotes tags ('!...'), and an unquoted password that starts with ! reads as one
+        problem = _QUOTED.sub(lambda quoted: quoted.group() if _TOKEN.fullmatch(quoted.group(1)) else "'…'",
+                              error.problem or "")
+        raise ProvisioningFailed(f"{path}: not valid YAML ({problem}{where})") from None
     except (yaml.YAMLError, UnicodeDecodeError):
         raise ProvisioningFailed(f"{path}: not valid YAML") from None
+    except RecursionError:  # PyYAML parses nesting recursively: a few hundred levels of [ or {
+        raise ProvisioningFailed(f"{path}: nested too deeply") from None
     if document is None:
         return []
     top = _Entry(str(path), document, environ)
@@ -263,19 +308,36 @@ def read_directory(directory: Path, box: SecretBox, environ: Mapping[str, str]) 
 
 
 def digest(directory: Path, secret_key: str, environ: Mapping[str, str]) -> str:
-    """A keyed digest of the files and the variables they read (keyed: it covers secrets)."""
+    """A keyed digest of the files and what they read, variables and $__file{} contents (keyed: it covers
+    secrets)."""
     mac = hmac.new(secret_key.encode(), digestmod=hashlib.sha256)
     folder = directory / "datasources"
     names: set[str] = set()
+    files: set[str] = set()
     if folder.is_dir():
         for path in sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()):
-            text = path.read_bytes()[:MAX_FILE_BYTES]
+            text = _digested(path)
             mac.update(path.name.encode() + b"\0" + text + b"\0")
             for match in _EXPAND.finditer(text.decode(errors="replace")):
-                names.add((match.group(3) or match.group(4) or match.group(5) or "").strip())
+                if match.group(2) == "file":
+                    files.add(match.group(3).strip())
+                else:
+                    names.add((match.group(3) or match.group(4) or match.group(5) or "").strip())
     for name in sorted(names):
         mac.update(name.encode() + b"=" + environ.get(name, "").encode() + b"\0")
+    for name in sorted(files):
+        mac.update(b"$__file " + name.encode() + b"=" + _digested(Path(name)) + b"\0")
     return mac.hexdigest()
+
+
+def _digested(path: Path) -> bytes:
+    """What the digest covers of a file: its bytes, or a marker when it is too large, gone or unreadable (applying
+    the files then says which)."""
+    try:
+        data = _read_bounded(path) if path.is_file() else None  # never opened unless regular: a FIFO blocks
+    except OSError:
+        data = None
+    return data if data is not None else b"\0unusable"
 
 
 class Provisioner:

@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import re
+import sys
 import time
 from typing import Any
 
@@ -229,6 +230,20 @@ def test_log_lines_in_console_text_and_json_formats():
         "t": json.loads(JsonFormatter().format(record))["t"], "level": "info", "logger": "gateway.access",
         "msg": "Request Completed", "method": "GET", "path": "/api/a b", "status": 200, "requestID": "rid",
         "traceID": "tid"}
+
+
+def test_a_console_line_cannot_be_ended_or_forged_by_what_its_message_quotes():
+    # a data source's error text is quoted in warnings (e.g. an exemplar query's); the traceback stays below
+    forged = "boom\r\n2026-12-06 03:00:00,000 ERROR gateway forged\u2028\x1b[31m"
+    try:
+        raise ValueError("cause")
+    except ValueError:
+        record = logging.LogRecord("gateway.prometheus", logging.WARNING, __file__, 1, "failed: %s", (forged,),
+                                   sys.exc_info())
+    head, _, traceback = ConsoleFormatter().format(record).partition("\n")
+    assert head.endswith("WARNING gateway.prometheus failed: boom\\r\\n2026-12-06 03:00:00,000 ERROR gateway "
+                         "forged\\u2028\\u001b[31m")
+    assert traceback.startswith("Traceback") and traceback.endswith("ValueError: cause")
 
 
 async def test_one_access_line_per_request_with_its_id_and_no_query_string(client, caplog):

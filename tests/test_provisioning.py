@@ -300,6 +300,15 @@ BAD_FILES = [
     ("apiVersion: 1\ndatasources:\n  - {name: a, uid: same, type: prometheus, url: 'http://a'}\n"
      "  - {name: b, uid: same, type: prometheus, url: 'http://b'}\n",
      "datasources[1] ('b'): uid: another data source of org 1 has this uid"),
+    ("apiVersion: 1\ndatasources:\n  - {name: x, type: prometheus, url: 'http://x', jsonData: {x: "
+     + "[" * 600 + "]" * 600 + "}}\n", "nested too deeply"),
+    ("apiVersion: 1\ndatasources:\n  - {name: x, type: prometheus, url: 'http://x', jsonData: {a: \"x\\0y\"}}\n",
+     "datasources[0] ('x'): jsonData.a: must not contain a NUL character"),
+    ("apiVersion: 1\ndatasources:\n  - {name: x, type: prometheus, url: 'http://x', jsonData: {\"k\\0\": 1}}\n",
+     "datasources[0] ('x'): jsonData key: must not contain a NUL character"),
+    ("apiVersion: 1\ndatasources:\n  - {name: x, type: prometheus, url: 'http://x',"
+     " secureJsonData: {password: \"\\ud800\"}}\n",
+     "datasources[0] ('x'): secureJsonData.password: must be valid Unicode (no lone surrogates)"),
     ("apiVersion: 1\ndatasources:\n  - name: x\n    secureJsonData: {password: hunter2\n",
      "not valid YAML (expected ',' or '}', but got '<stream end>' at line 5, column 1)"),
 ]
@@ -382,6 +391,13 @@ async def test_export_of_an_org_without_data_sources_is_an_empty_file(database_u
     assert yaml.safe_load(done.stdout) == {"apiVersion": 1, "datasources": []}
 
 
+def test_an_export_that_cannot_be_written_names_the_file_not_the_database(database_url, tmp_path):
+    target = tmp_path / "missing" / "datasources.yaml"
+    done = run_gateway(database_url, "datasources", "export", "-o", str(target))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == f"gateway: cannot write {target}: No such file or directory"
+
+
 def test_a_sealed_secret_never_reaches_an_error(tmp_path):
     # the reader's YAML error quotes no part of the file, so no secret on the failing line
     from gateway.provisioning import read_file
@@ -403,3 +419,60 @@ def test_yaml_aliases_are_refused_before_they_can_expand(tmp_path):
     bomb.write_text("\n".join(lines) + "\n")
     with pytest.raises(ProvisioningFailed, match=r"bomb.yaml: YAML aliases \(\*name\) are not accepted \(line 2\)"):
         read_file(bomb, None, {})  # type: ignore[arg-type]  # refused before anything needs the box
+
+
+def test_a_file_gone_since_the_folder_was_listed_is_skipped_and_an_unreadable_one_named(tmp_path):
+    from gateway.provisioning import read_file
+
+    assert read_file(tmp_path / "removed.yaml", None, {}) == []  # type: ignore[arg-type]
+    folder = tmp_path / "dir.yaml"
+    folder.mkdir()
+    with pytest.raises(ProvisioningFailed) as raised:
+        read_file(folder, None, {})  # type: ignore[arg-type]
+    assert raised.value.message == f"Datasources config not applied: {folder}: cannot be read (Is a directory)"
+
+
+def test_a_huge_file_or_a_proc_file_is_never_read_past_the_limit(tmp_path):
+    import tracemalloc
+
+    from gateway.provisioning import MAX_FILE_BYTES, digest, expand
+
+    write(tmp_path, "a.yaml", "apiVersion: 1\n")
+    with (tmp_path / "datasources" / "huge.yaml").open("wb") as file:
+        file.truncate(64 << 20)  # sparse: the disk holds nothing, a read holds 64 MiB
+    tracemalloc.start()
+    try:
+        digest(tmp_path, "key", {})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MAX_FILE_BYTES
+    # /proc/self/pagemap says 0 bytes and holds one entry per page of the address space (hundreds of GiB)
+    with pytest.raises(ValueError, match="is not a readable file of at most"):
+        expand("$__file{/proc/self/pagemap}", {})
+
+
+async def test_a_start_reapplies_the_files_when_a_file_they_read_changed(start, provisioning, tmp_path):
+    token = tmp_path / "team"
+    token.write_text("one\n")
+    write(provisioning, "a.yaml", f"""
+        apiVersion: 1
+        datasources:
+          - {{name: P, type: prometheus, uid: p, url: "http://p:9090", jsonData: {{team: "$__file{{{token}}}"}}}}
+        """)
+    first = await start()
+    assert (await view(first, "p"))["jsonData"] == {"team": "one"}
+    token.write_text("two\n")  # e.g. a mounted Secret rotated, then the pods restarted
+    second = await start()
+    assert (await view(second, "p"))["jsonData"] == {"team": "two"}
+
+
+def test_a_password_that_reads_as_a_yaml_tag_is_not_quoted_in_the_error(tmp_path):
+    from gateway.provisioning import read_file
+
+    path = write(tmp_path, "a.yaml", "apiVersion: 1\ndatasources:\n  - name: x\n    type: prometheus\n"
+                                     "    secureJsonData:\n      password: !S3cr3t-pw\n")
+    with pytest.raises(ProvisioningFailed) as raised:
+        read_file(path, None, {})  # type: ignore[arg-type]
+    assert raised.value.message == (f"Datasources config not applied: {path}: not valid YAML (could not determine a "
+                                    "constructor for the tag '…' at line 6, column 17)")

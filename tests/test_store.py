@@ -104,3 +104,17 @@ async def test_cli_creates_a_service_account_and_prints_a_working_token(aiohttp_
     client = await aiohttp_client(create_app(config))
     response = await client.post("/api/datasources", json=prom(), headers={"Authorization": f"Bearer {token}"})
     assert response.status == 200
+
+
+def test_cli_refuses_an_org_that_does_not_exist_or_cannot_be_one_in_one_line(database_url):
+    env = {**os.environ, "GF_DATABASE_URL": database_url, "GF_PATHS_PROVISIONING": "/nonexistent"}
+    command = [sys.executable, "-m", "gateway", "service-accounts", "create", "--name", "ci", "--org-id"]
+    missing = subprocess.run([*command, "77"], env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1] == "gateway: organization not found"
+    for args in (["service-accounts", "create", "--name", "ci"], ["datasources", "export"]):
+        huge = subprocess.run([sys.executable, "-m", "gateway", *args, "--org-id", str(2**63)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert huge.returncode == 2 and "Traceback" not in huge.stderr
+        last = huge.stderr.strip().splitlines()[-1]
+        assert last.endswith(f"argument --org-id: not an org id (1 to 2^63 - 1): {2**63}")

@@ -92,3 +92,88 @@ async def test_the_form_runs_a_data_source_past_the_listed_ones(client):
     form = {"csrf": csrf, "uid": "zz", "query": "random_walk", "from": "now-1h", "to": "now"}
     response = await client.post("/admin/query", headers=ADMIN, data=form)
     assert response.status == 200 and "svg" in await response.text()
+
+
+async def test_times_past_the_years_a_date_can_hold_are_shown_as_numbers_and_not_drawn(client):
+    await add(client, "td")
+    page = await (await client.get("/admin", headers=ADMIN)).text()
+    csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    model = '{"scenarioId": "csv_content", "csvContent": "time,value\\n1,1\\n1e20,2\\n-1e20,3"}'
+    form = {"csrf": csrf, "uid": "td", "query": model, "from": "now-1h", "to": "now"}
+    response = await client.post("/admin/query", headers=ADMIN, data=form)
+    text = await response.text()
+    assert response.status == 200, text
+    assert "<td>1970-01-01 00:00:00.001</td>" in text and "<td>100000000000000000000</td>" in text
+    assert "<td>-100000000000000000000</td>" in text
+    assert 'class="chart"' in text
+
+
+async def test_a_form_body_that_cannot_be_read_is_a_400(client):
+    bodies = [
+        ("application/x-www-form-urlencoded", b"csrf=%ff%fe&uid=\xff"),
+        ("multipart/form-data; boundary=xx", b'--xx\r\nContent-Disposition: form-data\r\n\r\nv\r\n--xx--\r\n'),
+        ("multipart/form-data", b"abc"),
+    ]
+    for content_type, body in bodies:
+        response = await client.post("/admin/query", data=body, headers={**ADMIN, "Content-Type": content_type})
+        assert response.status == 400, content_type
+        assert await response.json() == {"message": "the form could not be read"}
+
+
+async def test_a_caller_who_may_read_but_not_query_gets_no_health_check_run_for_them(client, aiohttp_server,
+                                                                                     make_token):
+    from aiohttp import web
+
+    calls = []
+
+    async def answer(request):
+        calls.append(request.path)
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": []}})
+
+    upstream = web.Application()
+    upstream.router.add_route("*", "/{tail:.*}", answer)
+    server = await aiohttp_server(upstream)
+    await add(client, "prom", ds_type="prometheus", url=str(server.make_url("/")))
+    reader = await make_token("None", (("datasources:read", "datasources:*"),))
+    assert (await client.get("/api/datasources/uid/prom/health", headers=reader)).status == 403
+    text = await (await client.get("/admin", headers=reader)).text()
+    assert 'data-status="NONE" title="no permission to query this data source"' in text
+    assert calls == []
+    text = await (await client.get("/admin", headers=ADMIN)).text()
+    assert 'data-status="OK"' in text and calls
+
+
+async def test_nothing_that_acts_is_taken_from_another_origin(client, aiohttp_server):
+    # once /admin asked for Basic credentials a browser sends them with any site's form post or WebSocket
+    from aiohttp import web
+
+    calls = []
+
+    async def answer(request):
+        calls.append(request.method)
+        return web.json_response({"status": "success"})
+
+    upstream = web.Application()
+    upstream.router.add_route("*", "/{tail:.*}", answer)
+    server = await aiohttp_server(upstream)
+    await add(client, "prom", ds_type="prometheus", url=str(server.make_url("/")))
+    evil = {**ADMIN, "Origin": "http://evil.example"}
+    form = {**evil, "Content-Type": "application/x-www-form-urlencoded"}
+    refused = [
+        await client.post("/api/admin/provisioning/datasources/reload", headers=form),
+        await client.post("/api/datasources/proxy/uid/prom/api/v1/admin/tsdb/delete_series", data="match[]=up",
+                          headers=form),
+        await client.post("/admin/query", data={"uid": "prom", "query": "up"}, headers=evil),
+        await client.get("/api/datasources/proxy/uid/prom/ws", headers={
+            **evil, "Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}),
+        await client.post("/api/admin/provisioning/datasources/reload", headers={**ADMIN, "Origin": "null"}),
+    ]
+    for response in refused:
+        assert response.status == 403, response.url
+        assert await response.json() == {"message": "origin not allowed"}
+    assert calls == []
+    assert (await client.get("/api/datasources/proxy/uid/prom/x", headers=evil)).status == 200  # reads are not
+    own = {**ADMIN, "Origin": f"http://{client.host}:{client.port}"}
+    assert (await client.post("/api/admin/provisioning/datasources/reload", headers=own)).status == 200
+    assert (await client.post("/api/admin/provisioning/datasources/reload", headers=ADMIN)).status == 200

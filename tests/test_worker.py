@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 # Fill and free eight 400 KiB chunks 64 times and print the minor page faults that took. With glibc's
@@ -145,6 +146,9 @@ async def test_a_worker_that_dies_is_replaced_and_the_event_logged(database_url,
         (replacement,) = now - workers
         assert f"worker {victim} died (killed by SIGKILL): started worker {replacement} in its place" in (
             gateway.log.read_text())
+        # the dead worker's metrics socket is gone with it: every scrape would knock on it for good
+        (socket,) = Path(tempfile.gettempdir()).glob(f"gateway-metrics-*/{replacement}.sock")
+        assert {path.name for path in socket.parent.iterdir()} == {f"{pid}.sock" for pid in now}
         async with aiohttp.ClientSession() as session:
             for _ in range(10):  # both workers (whichever accepts) answer
                 async with session.get(f"{gateway.url}/api/health") as response:
@@ -254,3 +258,24 @@ def test_a_database_that_answers_no_fails_the_start_at_once(database_url, tmp_pa
     assert done.returncode == 1 and time.monotonic() - started < 15
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("gateway: database ") and "refused the connection: InvalidCatalogNameError" in last
+
+
+def test_a_port_in_use_fails_the_start_naming_the_address_not_the_database(database_url, tmp_path):
+    import os
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            env = {name: value for name, value in os.environ.items() if not name.startswith("GF_")}
+            env.update({"GF_DATABASE_URL": database_url, "GF_SERVER_HTTP_ADDR": "127.0.0.1",
+                        "GF_SERVER_HTTP_PORT": str(port), "GF_SERVER_WORKERS": workers,
+                        "GF_PATHS_PROVISIONING": str(tmp_path)})
+            done = subprocess.run([sys.executable, "-m", "gateway"], env=env, capture_output=True, text=True,
+                                  timeout=60, check=False)
+            assert done.returncode == 1
+            last = done.stderr.strip().splitlines()[-1]
+            assert last.startswith(f"gateway: cannot listen on 127.0.0.1:{port}: "), done.stderr
+            assert "in use" in last

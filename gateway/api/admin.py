@@ -18,7 +18,7 @@ from aiohttp import web
 from gateway.auth import Identity, authorize
 from gateway.backends.base import Context, NotImplementedByBackend
 from gateway.backends.registry import plugin_for
-from gateway.chart import line_chart
+from gateway.chart import FIRST_MS, LAST_MS, line_chart
 from gateway.datasources.models import DataSource
 from gateway.errors import DataSourceNotFound, GatewayError, translate
 from gateway.frames import DataResponse, Frame
@@ -48,8 +48,11 @@ async def admin_page(request: web.Request) -> web.Response:
 async def admin_query(request: web.Request) -> web.Response:
     """POST /admin/query: the form's query run as /api/ds/query runs it, shown as tables and a chart."""
     identity = await authorize(request, "datasources:read")
-    form = await request.post()
-    if not hmac.compare_digest(str(form.get("csrf", "")), csrf_token(request, identity)) or not _same_origin(request):
+    try:
+        form = await request.post()
+    except ValueError:  # aiohttp's own: bytes that are not UTF-8, a multipart body without boundary or names
+        raise GatewayError("the form could not be read", status=400) from None
+    if not hmac.compare_digest(str(form.get("csrf", "")), csrf_token(request, identity)):
         raise GatewayError("invalid or missing CSRF token: reload the page", status=403)
     if any(not isinstance(value, str) for value in form.values()):
         raise GatewayError("the form takes text fields only", status=400)
@@ -89,7 +92,7 @@ async def _page(request: web.Request, identity: Identity, sources: list[DataSour
                 error: str = "", results: list[dict[str, Any]] | None = None, status: int = 200) -> web.Response:
     """The page: the data source table (with live health) above the form and what it ran."""
     return aiohttp_jinja2.render_template("admin.html", request, {
-        "identity": identity, "sources": sources, "health": await _health(request, sources),
+        "identity": identity, "sources": sources, "health": await _health(request, identity, sources),
         "stats": await request.app[metrics_key].datasource_stats(identity.org_id),
         "csrf": csrf_token(request, identity), "form": form, "error": error, "results": results or [],
         "version": request.app[config_key].gateway.grafana_version, "max_listed": MAX_LISTED,
@@ -103,24 +106,22 @@ def csrf_token(request: web.Request, identity: Identity) -> str:
     return hmac.new(key, who, hashlib.sha256).hexdigest()
 
 
-def _same_origin(request: web.Request) -> bool:
-    """A browser's Origin, when it sends one, names this host (a form posted from elsewhere is refused)."""
-    origin = request.headers.get("Origin")
-    return origin is None or origin.partition("://")[2] == request.host
-
-
 async def _sources(request: web.Request, identity: Identity) -> list[DataSource]:
     rows = await request.app[store_key].list_data_sources(identity.org_id, MAX_LISTED)
     rows = [ds for ds in rows if identity.can("datasources:read", f"datasources:uid:{ds.uid}")]
     return sorted(rows, key=lambda ds: ds.name.lower())[:MAX_LISTED]
 
 
-async def _health(request: web.Request, sources: list[DataSource]) -> dict[str, tuple[str, str]]:
-    """(status, message) per uid: OK, ERROR, or NONE for a type without a health check; all at once, bounded."""
+async def _health(request: web.Request, identity: Identity,
+                  sources: list[DataSource]) -> dict[str, tuple[str, str]]:
+    """(status, message) per uid: OK, ERROR, or NONE for a type without a health check or a data source the
+    caller may not query (the API's health check needs datasources:query too); all at once, bounded."""
     cache = request.app[cache_key]
     limit = asyncio.Semaphore(HEALTH_CONCURRENCY)
 
     async def one(ds: DataSource) -> tuple[str, tuple[str, str]]:
+        if not identity.can("datasources:query", f"datasources:uid:{ds.uid}"):
+            return ds.uid, ("NONE", "no permission to query this data source")
         async with limit:
             try:
                 ctx: Context = await cache.get(ds.org_id, uid=ds.uid)
@@ -181,7 +182,7 @@ def _table(frame: Frame) -> dict[str, Any]:
 def _cell(field_type: str, value: Any) -> str:
     if value is None:
         return "null"
-    if field_type == "time.Time" and isinstance(value, int | float):
+    if field_type == "time.Time" and isinstance(value, int | float) and FIRST_MS <= value <= LAST_MS:
         return datetime.fromtimestamp(value / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     if isinstance(value, float):
         return f"{value:.6g}"
