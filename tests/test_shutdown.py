@@ -81,7 +81,9 @@ async def running_gateway(database_url: str, tmp_path: Path, workers: int,
     env = {name: value for name, value in os.environ.items() if not name.startswith("GF_")}
     env.update({
         "GF_DATABASE_URL": database_url, "GF_SERVER_HTTP_ADDR": "127.0.0.1", "GF_SERVER_HTTP_PORT": str(port),
-        "GF_SERVER_SHUTDOWN_TIMEOUT": str(TIMEOUT), "GF_SERVER_WORKERS": str(workers), **(extra or {}),
+        "GF_SERVER_SHUTDOWN_TIMEOUT": str(TIMEOUT), "GF_SERVER_WORKERS": str(workers),
+        "TMPDIR": str(tmp_path),  # the workers' metrics sockets: SIGKILL below leaves them for pytest to remove
+        **(extra or {}),
     })
     log = tmp_path / "gateway.log"
     with log.open("wb") as out:
