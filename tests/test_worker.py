@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 # Fill and free eight 400 KiB chunks 64 times and print the minor page faults that took. With glibc's
@@ -147,7 +146,7 @@ async def test_a_worker_that_dies_is_replaced_and_the_event_logged(database_url,
         assert f"worker {victim} died (killed by SIGKILL): started worker {replacement} in its place" in (
             gateway.log.read_text())
         # the dead worker's metrics socket is gone with it: every scrape would knock on it for good
-        (socket,) = Path(tempfile.gettempdir()).glob(f"gateway-metrics-*/{replacement}.sock")
+        (socket,) = tmp_path.glob(f"gateway-metrics-*/{replacement}.sock")  # running_gateway sets TMPDIR
         assert {path.name for path in socket.parent.iterdir()} == {f"{pid}.sock" for pid in now}
         async with aiohttp.ClientSession() as session:
             for _ in range(10):  # both workers (whichever accepts) answer
