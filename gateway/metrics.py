@@ -217,6 +217,7 @@ class Metrics:
         self._server: asyncio.AbstractServer | None = None
         self._socket: str | None = None
         self.sources: list[Callable[[], Iterable[Metric]]] = []  # scrape-time samples of this worker
+        self._last: dict[str, list[_Family]] = {}  # each sibling's last answer, by its socket
 
     # -- data source calls (gateway.http.client's CallObserver) ---------------------------------------------
 
@@ -322,8 +323,14 @@ class Metrics:
             return _merge([own])
         paths = [os.path.join(self.peers, name) for name in sorted(os.listdir(self.peers))
                  if name.endswith(".sock") and os.path.join(self.peers, name) != self._socket]
-        others = await asyncio.gather(*(_ask(path) for path in paths))
-        return _merge([own, *(other for other in others if other is not None)])
+        answers = await asyncio.gather(*(_ask(path) for path in paths))
+        # a sibling that does not answer in time (busy, stopped) counts with its last answer: left out, its
+        # counters would drop and come back, which Prometheus reads as resets (false rate spikes); a worker
+        # that died is left out, as its socket went with it
+        last = {path: answer if answer is not None else self._last.get(path)
+                for path, answer in zip(paths, answers, strict=True)}
+        self._last = {path: answer for path, answer in last.items() if answer is not None}
+        return _merge([own, *self._last.values()])
 
     async def exposition(self, extra: Sequence[Metric] = ()) -> bytes:
         """The text exposition of every worker's samples, plus `extra` (scrape-time, not per worker)."""

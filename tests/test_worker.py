@@ -278,3 +278,39 @@ def test_a_port_in_use_fails_the_start_naming_the_address_not_the_database(datab
             last = done.stderr.strip().splitlines()[-1]
             assert last.startswith(f"gateway: cannot listen on 127.0.0.1:{port}: "), done.stderr
             assert "in use" in last
+
+
+async def test_a_sibling_that_does_not_answer_a_scrape_counts_with_its_last_answer(database_url, tmp_path):
+    import os
+    import re
+    import signal
+
+    import aiohttp
+
+    from tests.test_shutdown import running_gateway
+
+    def total(text: str) -> float:  # requests counted by every worker whose samples the scrape holds
+        return sum(float(value) for value in re.findall(
+            r'^grafana_http_request_duration_seconds_count\{[^}]*\} (\S+)$', text, re.MULTILINE))
+
+    # one kept-alive connection, opened while the other worker is stopped: every request below goes to one worker
+    async with (running_gateway(database_url, tmp_path, workers=2) as gateway,
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session):
+        other = min(_children(gateway.process.pid))
+        os.kill(other, signal.SIGSTOP)
+        try:
+            async with session.get(f"{gateway.url}/api/health") as response:
+                assert response.status == 200
+        finally:
+            os.kill(other, signal.SIGCONT)
+        async with session.get(f"{gateway.url}/metrics") as response:  # the other one answers its part
+            before = await response.text()
+        assert "\ngateway_workers 2.0\n" in before
+        os.kill(other, signal.SIGSTOP)  # alive, but answers no sibling within the 2 s limit
+        try:
+            async with session.get(f"{gateway.url}/metrics") as response:
+                during = await response.text()
+        finally:
+            os.kill(other, signal.SIGCONT)
+        assert "\ngateway_workers 2.0\n" in during  # its last answer stands in for it
+        assert total(during) >= total(before) > 0  # so no counter goes back
