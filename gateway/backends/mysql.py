@@ -242,6 +242,9 @@ async def _reset(conn: Any) -> None:
         conn.close()
 
 
+_OUTSIDE_BMP = re.compile("[\U00010000-\U0010FFFF]")
+
+
 async def _kill_query(ctx: Context, thread_id: int, sql: str) -> None:
     """Stop the statement of a query given up on (the client left, or the deadline passed): closing its
     connection does not stop the server's thread, which runs on until the statement ends. KILL QUERY over a
@@ -255,10 +258,13 @@ async def _kill_query(ctx: Context, thread_id: int, sql: str) -> None:
             killer = await asyncmy.connect(**connect_options(ctx))
             try:
                 async with killer.cursor() as cursor:
-                    # INFO holds a long statement cut short: its start identifies it
+                    # INFO holds a long statement cut short: its start identifies it, up to its first character
+                    # outside the BMP (INFO is utf8mb3: it holds one as "????", and comparing it with utf8mb4
+                    # text is an error)
+                    start = _OUTSIDE_BMP.split(sql[:1024], maxsplit=1)[0]
                     await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = %s"
-                                         " AND COMMAND = 'Query' AND LEFT(INFO, 1024) = LEFT(%s, 1024)",
-                                         (thread_id, sql))
+                                         " AND COMMAND = 'Query' AND LEFT(INFO, %s) = %s",
+                                         (thread_id, len(start), start))
                     if await cursor.fetchall():
                         await cursor.execute(f"KILL QUERY {int(thread_id)}")
             finally:
