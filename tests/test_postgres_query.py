@@ -446,3 +446,13 @@ def test_resample_takes_the_last_row_of_each_slot_and_fills_the_rest():
 def test_split_statements_keeps_quoted_escapes_and_drops_empty_ones():
     sql = "SELECT E'a\\';b'; ; -- only a comment\n; SELECT 'it''s;' /* ; /* nested ; */ */"
     assert split_statements(sql) == ["SELECT E'a\\';b'", " SELECT 'it''s;' /* ; /* nested ; */ */"]
+
+
+async def test_a_connection_lost_mid_query_is_the_connection_error_and_the_pool_recovers(client, database_url):
+    await add_pg(client, database_url)
+    status, body = await answer(client, sql_query("SELECT pg_terminate_backend(pg_backend_pid())", format="table"))
+    assert status == 400
+    assert body["results"]["A"]["error"] == ("db query error: failed to connect to server - please inspect Grafana "
+                                             "server log for details")
+    status, body = await answer(client, sql_query("SELECT 7 AS v", format="table"))
+    assert status == 200 and body["results"]["A"]["frames"][0]["data"]["values"] == [[7]]
