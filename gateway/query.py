@@ -89,7 +89,8 @@ def _head(raw: msgspec.Raw) -> QueryHead:
 
 
 class Group(msgspec.Struct):
-    """The queries of one request that go to one data source, in request order."""
+    """The queries of one request that go to one data source, in request order. Groups are keyed by the data
+    source's id: a stored data source may have taken the uid `grafana`, which the built-in one (id -1) also has."""
 
     context: Context
     queries: list[DataQuery]
@@ -182,11 +183,11 @@ async def plan(body: MetricRequest, resolver: Resolver, config: Config, now: dat
     sources = [(head, raw, context) for head, raw, context in resolved if context is not None]
     if len(sources) < len(resolved):
         return _expression_plan(resolved, time_range)
-    groups: dict[str, Group] = {}
+    groups: dict[int, Group] = {}
     for head, raw, context in sources:
-        group = groups.get(context.ds.uid)
+        group = groups.get(context.ds.id)
         if group is None:
-            group = groups[context.ds.uid] = Group(context, [])
+            group = groups[context.ds.id] = Group(context, [])
         group.queries.append(_data_query(head, raw, time_range))
     return Plan(list(groups.values()))
 
@@ -194,7 +195,7 @@ async def plan(body: MetricRequest, resolver: Resolver, config: Config, now: dat
 def _expression_plan(resolved: list[tuple[QueryHead, msgspec.Raw, Context | None]], time_range: TimeRange) -> Plan:
     """Grafana's expression path: every query a node (its whole model read); data source nodes grouped per
     data source."""
-    groups: dict[str, Group] = {}
+    groups: dict[int, Group] = {}
     nodes: list[Query] = []
     try:
         for head, raw, context in resolved:
@@ -207,9 +208,9 @@ def _expression_plan(resolved: list[tuple[QueryHead, msgspec.Raw, Context | None
             nodes.append(Query(ref_id, query, plugin.id if plugin is not None else context.ds.type))
             query_type = query.get("queryType")
             sent = data_query(query, raw, ref_id, query_type if isinstance(query_type, str) else "", time_range)
-            group = groups.get(context.ds.uid)
+            group = groups.get(context.ds.id)
             if group is None:
-                group = groups[context.ds.uid] = Group(context, [])
+                group = groups[context.ds.id] = Group(context, [])
             group.queries.append(sent)
         pipeline = build(nodes, time_range)
     except BuildError as error:

@@ -227,3 +227,57 @@ async def test_a_cancelled_query_stops_on_the_server(client):
         assert await running() == []
     finally:
         conn.close()
+
+
+async def test_file_access_hidden_by_comments_or_quoting_is_refused(client, tmp_path):
+    await add_mysql(client)
+    target = tmp_path / "gateway-probe"  # the server runs on this machine: a file it wrote would appear here
+    attempts = [f"SELECT 1 INTO/**/OUTFILE '{target}1'", f"SELECT 1 INTO#x\nOUTFILE '{target}2'",
+                f"SELECT 1 INTO-- x\nDUMPFILE '{target}3'", f"SELECT 1 /*!INTO*/ OUTFILE '{target}4'",
+                f"SELECT 1 /*!50000INTO*/ OUTFILE '{target}5'",
+                "SELECT LOAD_FILE/**/('/etc/hostname')", "SELECT `LOAD_FILE`('/etc/hostname')",
+                "SELECT LOAD_FILE#\n('/etc/hostname')"]
+    status, body = await query(client, *({"refId": f"F{n}", "format": "table", "rawSql": sql}
+                                         for n, sql in enumerate(attempts)))
+    assert status == 400
+    for n in range(len(attempts)):
+        assert body["results"][f"F{n}"]["error"].startswith(
+            "interpolation failed: invalid query - only SELECT, WITH, SHOW"), (attempts[n], body["results"][f"F{n}"])
+    assert list(tmp_path.iterdir()) == []
+    # a string that only mentions them is a read like any other
+    status, body = await query(client, {"refId": "A", "format": "table",
+                                        "rawSql": "SELECT 'into /* outfile' AS a, '`load_file`(' AS b"})
+    assert status == 200, body
+    assert body["results"]["A"]["frames"][0]["data"]["values"] == [["into /* outfile"], ["`load_file`("]]
+
+
+async def test_a_cancelled_query_with_characters_outside_the_bmp_stops_on_the_server(client):
+    import asyncio
+
+    await add_mysql(client, jsonData={"timeout": 60})
+    marker = f"gw_cancel_{secrets.token_hex(4)}"
+    # PROCESSLIST.INFO is utf8mb3: it holds the emoji as "????", and comparing it with utf8mb4 text is an error
+    request = asyncio.ensure_future(query(client, {"refId": "A", "format": "table",
+                                                   "rawSql": f"SELECT SLEEP(20) AS {marker}, 'é😀' AS e"}))
+    conn = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="", db="test")
+
+    async def running() -> list[int]:
+        async with conn.cursor() as cursor:
+            await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() "
+                                 "AND INFO LIKE %s", (f"%{marker}%",))
+            return [int(row[0]) for row in await cursor.fetchall()]
+
+    try:
+        for _ in range(100):
+            if await running():
+                break
+            await asyncio.sleep(0.05)
+        assert len(await running()) == 1
+        request.cancel()  # the client leaves
+        for _ in range(60):
+            await asyncio.sleep(0.05)
+            if not await running():
+                break
+        assert await running() == []
+    finally:
+        conn.close()

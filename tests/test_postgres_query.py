@@ -12,6 +12,7 @@ them in digits, msgspec with an exponent (the same double).
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from gateway.backends.base import DataQuery
 from gateway.backends.postgres import PostgresMacros, split_statements
 from gateway.backends.sql import Column, Fill, MacroError, go_float, interpolate_globals, long_to_wide
 from gateway.gtime import TimeRange
-from tests.conftest import make_config
+from tests.conftest import ADMIN, make_config
 from tests.test_frames import load
 from tests.test_query import add, post
 
@@ -446,3 +447,28 @@ def test_resample_takes_the_last_row_of_each_slot_and_fills_the_rest():
 def test_split_statements_keeps_quoted_escapes_and_drops_empty_ones():
     sql = "SELECT E'a\\';b'; ; -- only a comment\n; SELECT 'it''s;' /* ; /* nested ; */ */"
     assert split_statements(sql) == ["SELECT E'a\\';b'", " SELECT 'it''s;' /* ; /* nested ; */ */"]
+
+
+async def test_a_connection_lost_mid_query_is_the_connection_error_and_the_pool_recovers(client, database_url):
+    await add_pg(client, database_url)
+    status, body = await answer(client, sql_query("SELECT pg_terminate_backend(pg_backend_pid())", format="table"))
+    assert status == 400
+    assert body["results"]["A"]["error"] == ("db query error: failed to connect to server - please inspect Grafana "
+                                             "server log for details")
+    status, body = await answer(client, sql_query("SELECT 7 AS v", format="table"))
+    assert status == 200 and body["results"]["A"]["frames"][0]["data"]["values"] == [[7]]
+
+
+async def test_a_numeric_time_past_an_int64_of_nanoseconds_fails_its_refid_in_json_and_msgpack(client, database_url):
+    await add_pg(client, database_url)
+    queries = [sql_query("SELECT 99999999999999999999999::numeric AS time, 1 AS v"),
+               sql_query("SELECT 1e300::float8 AS time, 1 AS v", "B"), sql_query("SELECT 2 AS v", "C", format="table")]
+    for accept in ("application/json", "application/msgpack"):
+        response = await client.post("/api/ds/query", headers={**ADMIN, "Accept": accept},
+                                     json={"queries": queries, "from": FROM, "to": TO})
+        assert response.status == 400, await response.text()
+        body = await response.read()
+        results = (msgspec.msgpack.decode(body) if accept == "application/msgpack" else json.loads(body))["results"]
+        for ref_id in ("A", "B"):
+            assert results[ref_id]["error"].endswith("unable to convert data to a time field"), results[ref_id]
+        assert results["C"]["frames"][0]["data"]["values"] == [[2]]

@@ -20,7 +20,7 @@ from gateway.backends.base import DataQuery
 from gateway.backends.prometheus import Settings, legend, legend_parts, plan, read_result
 from gateway.frames import encode_json
 from gateway.gtime import TimeRange
-from tests.conftest import running_prometheus
+from tests.conftest import ADMIN, running_prometheus
 from tests.test_frames import load
 from tests.test_query import add, post
 
@@ -440,3 +440,20 @@ def test_forms_are_encoded_as_go_url_values():
     assert encode_form([("step", "15"), ("query", "up"), ("end", "2"), ("start", "1")]) == \
         "end=2&query=up&start=1&step=15"
     assert encode_form([("b", "2"), ("a", "z"), ("a", "y")]) == "a=z&a=y&b=2"  # a key's values keep their order
+
+
+@pytest.mark.parametrize("accept", ["application/json", "application/msgpack"])
+async def test_a_sample_time_past_an_int64_is_a_parse_error_of_its_refid(client, aiohttp_server, accept):
+    matrix = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": [
+        {"metric": {}, "values": [[10**30, "1"]]}]}}).encode()
+    await add(client, "p", "prometheus", url=await serve(aiohttp_server, Upstream(matrix)))
+    await add(client, "q", "prometheus", url=await serve(aiohttp_server, Upstream(VECTOR)))
+    response = await client.post("/api/ds/query", headers={**ADMIN, "Accept": accept}, json={
+        "queries": [prom_query("A", "p", "x", range=True), prom_query("B", "q", "up", instant=True)],
+        "from": FROM, "to": TO})
+    assert response.status == 400
+    body = await response.read()
+    results = (msgspec.msgpack.decode(body) if accept == "application/msgpack" else json.loads(body))["results"]
+    assert results["A"] == {"error": "response from prometheus couldn't be parsed: sample time outside the range "
+                                     "of a time.Time", "errorSource": "downstream", "status": 502}
+    assert results["B"]["status"] == 200

@@ -203,6 +203,18 @@ async def test_the_built_in_grafana_data_source_answers_a_random_walk(client, ma
         "L": {"error": "gateway does not serve -- Grafana -- list queries", "errorSource": "plugin", "status": 501},
         "U": {"error": "unknown query type", "errorSource": "plugin", "status": 500}}
 
+async def test_a_stored_data_source_with_uid_grafana_and_the_built_in_one_are_queried_apart(client):
+    stored = await add(client, "grafana")  # a testdata data source that took the uid `grafana`
+    built_in = {"refId": "L", "datasource": {"uid": "grafana"}, "queryType": "list"}
+    by_id = {**csv("A", "1,2"), "datasource": None, "datasourceId": stored["id"]}
+    for queries in ([built_in, by_id], [by_id, built_in]):
+        response = await post(client, {"queries": queries, "from": FROM, "to": TO})
+        results = (await response.json())["results"]
+        assert results["L"] == {"error": "gateway does not serve -- Grafana -- list queries", "errorSource": "plugin",
+                                "status": 501}, queries
+        assert results["A"]["frames"][0]["data"]["values"][1] == [1, 2], queries
+
+
 async def test_another_orgs_data_source_is_not_found(client, make_token):
     response = await client.post("/api/orgs", json={"name": "two"}, headers=ADMIN)
     org = (await response.json())["orgId"]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from gateway.backends.testdata import SCENARIOS, SERVER_NAMES, _fnv32
@@ -531,3 +532,14 @@ async def test_csv_wave_refuses_more_than_a_million_points_for_its_refid(td):
     assert results["A"] == {"error": "csvWave makes more than 1000000 points; gateway answers at most 1000000 "
                                      "points per predictable_csv_wave query", "errorSource": "plugin", "status": 500}
     assert len(results["B"]["frames"]) == 2
+
+
+async def test_csv_content_times_past_an_int64_are_null_in_json_and_msgpack(td):
+    content = "time,v\n1700000000000,1\n99999999999999999999999,2\n"
+    for accept in ("application/json", "application/msgpack"):
+        response = await td.post("/api/ds/query", headers={**ADMIN, "Accept": accept}, json={
+            "queries": [q("csv_content", csvContent=content)], "from": str(FROM), "to": str(TO)})
+        assert response.status == 200, await response.text()
+        body = await response.read()
+        results = (msgspec.msgpack.decode(body) if accept == "application/msgpack" else json.loads(body))["results"]
+        assert results["A"]["frames"][0]["data"]["values"][0] == [1700000000000, None]

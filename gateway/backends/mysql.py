@@ -115,6 +115,26 @@ _FILES = re.compile(r"\bload_file\s*\(|\binto\s+(outfile|dumpfile)\b", re.IGNORE
 _LEADING_COMMENT = re.compile(r"\s*(/\*(?![!M]).*?\*/|(--\s|#)[^\n]*(\n|$))", re.DOTALL)
 
 
+# what MySQL reads as a separator (comments) or a word (quoted identifiers), so that the file check sees its words
+_TOKENS = re.compile(r"'(?:[^'\\]|\\.|'')*'?|\"(?:[^\"\\]|\\.|\"\")*\"?|`(?:[^`]|``)*`?"
+                     r"|/\*M?!\d*|\*/|/\*.*?(?:\*/|$)|(?:--\s|#)[^\n]*", re.DOTALL)
+
+
+def _words(sql: str) -> str:
+    """The statement as MySQL reads it, for the file check: comments become spaces, the code of executable
+    comments stays, quoted identifiers lose their quotes (double quotes too: they quote identifiers under
+    ANSI_QUOTES) and strings are emptied."""
+    def word(match: re.Match[str]) -> str:
+        token = match.group()
+        if token[0] in "`\"":
+            return token[1:-1] if len(token) > 1 and token[-1] == token[0] else token[1:]
+        if token[0] == "'":
+            return "''"
+        return " "
+
+    return _TOKENS.sub(word, sql)
+
+
 def _without_leading_comments(sql: str) -> str:
     """The statement from its first keyword: plain comments before it dropped (MySQL's executable `/*! */`
     ones are code, and stay)."""
@@ -172,7 +192,7 @@ async def run_query(ctx: Context, query: DataQuery, raw_sql: str, fmt: str) -> D
     """One query: interpolate, run, shape; every failure is an error on its refId with the executed SQL."""
     engine = MySQLMacros(query)
     try:
-        if _FILES.search(raw_sql) or not _READS.match(_without_leading_comments(raw_sql)):
+        if _FILES.search(_words(raw_sql)) or not _READS.match(_without_leading_comments(raw_sql)):
             raise MacroError("invalid query - only SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, TABLE and VALUES "
                              "statements run, without file access")
         executed = engine.expand(interpolate_globals(raw_sql, query))
@@ -222,6 +242,9 @@ async def _reset(conn: Any) -> None:
         conn.close()
 
 
+_OUTSIDE_BMP = re.compile("[\U00010000-\U0010FFFF]")
+
+
 async def _kill_query(ctx: Context, thread_id: int, sql: str) -> None:
     """Stop the statement of a query given up on (the client left, or the deadline passed): closing its
     connection does not stop the server's thread, which runs on until the statement ends. KILL QUERY over a
@@ -235,10 +258,13 @@ async def _kill_query(ctx: Context, thread_id: int, sql: str) -> None:
             killer = await asyncmy.connect(**connect_options(ctx))
             try:
                 async with killer.cursor() as cursor:
-                    # INFO holds a long statement cut short: its start identifies it
+                    # INFO holds a long statement cut short: its start identifies it, up to its first character
+                    # outside the BMP (INFO is utf8mb3: it holds one as "????", and comparing it with utf8mb4
+                    # text is an error)
+                    start = _OUTSIDE_BMP.split(sql[:1024], maxsplit=1)[0]
                     await cursor.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = %s"
-                                         " AND COMMAND = 'Query' AND LEFT(INFO, 1024) = LEFT(%s, 1024)",
-                                         (thread_id, sql))
+                                         " AND COMMAND = 'Query' AND LEFT(INFO, %s) = %s",
+                                         (thread_id, len(start), start))
                     if await cursor.fetchall():
                         await cursor.execute(f"KILL QUERY {int(thread_id)}")
             finally:

@@ -193,18 +193,22 @@ async def execute(ctx: Context, sql: str, row_limit: int) -> tuple[list[Column],
         raise SqlError("db query error", f"failed to connect to server - {USER_FACING_DEFAULT_ERROR}") from None
     try:
         await conn.execute(BEGIN)
+        lost = False
         try:
             # also the transaction's first query: from here on its read-only mode can no longer be switched off
             await conn.fetchval(SET_TIMEOUT, str(timeout_ms))
             return await _statements(conn, sql, row_limit)
+        except (OSError, asyncpg.ConnectionDoesNotExistError):
+            lost = True  # the pool has let go of the connection: asking it anything would mask this error
+            raise
         finally:
-            if conn.is_in_transaction():
+            if not lost and conn.is_in_transaction():
                 await conn.execute(ROLLBACK)
-    except asyncpg.PostgresError as error:
-        raise SqlError("db query error", _pg_error(error)) from None
-    except (OSError, asyncpg.ConnectionDoesNotExistError) as error:
+    except (OSError, asyncpg.ConnectionDoesNotExistError) as error:  # before PostgresError: it is one
         log.warning("data source %s: connection lost: %s", ctx.ds.uid, type(error).__name__)
         raise SqlError("db query error", f"failed to connect to server - {USER_FACING_DEFAULT_ERROR}") from None
+    except asyncpg.PostgresError as error:
+        raise SqlError("db query error", _pg_error(error)) from None
     except asyncpg.InterfaceError as error:
         raise SqlError("db query error", str(error)) from None
     finally:

@@ -516,12 +516,17 @@ class _Body(msgspec.Struct, rename="camel"):
 
 _decode_body = msgspec.json.Decoder(_Body, strict=False).decode
 _THOUSAND = 1000.0
+_MAX_MS = 2**63  # epoch milliseconds are an int64 in a frame (as Loki's converter checks)
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 
 
 def _times(seconds: Iterable[float]) -> list[int]:
-    """Prometheus' float seconds as epoch milliseconds (rounded), in C."""
-    return list(map(round, map(_THOUSAND.__mul__, seconds)))
+    """Prometheus' float seconds as epoch milliseconds (rounded), in C; OverflowError past an int64 (MessagePack
+    cannot write such a number, and JSON would carry a time no client reads)."""
+    times = list(map(round, map(_THOUSAND.__mul__, seconds)))
+    if times and (max(times) >= _MAX_MS or min(times) < -_MAX_MS):
+        raise OverflowError("sample time outside the range of a time.Time")
+    return times
 
 
 def read_result(body: bytes) -> DataResponse:
@@ -545,7 +550,11 @@ def read_result(body: bytes) -> DataResponse:
         return DataResponse(parsed)
     if parsed.status == "error":
         return DataResponse(error=f"{parsed.error_type}: {parsed.error}", status=400, error_source="downstream")
-    frames = _frames(parsed.data)
+    try:
+        frames = _frames(parsed.data)
+    except OverflowError as error:
+        return DataResponse(error=f"response from prometheus couldn't be parsed: {error}", status=502,
+                            error_source="downstream")
     notices = [Notice("warning", text) for text in parsed.warnings or ()]
     notices += [Notice("info", text) for text in parsed.infos or ()]
     if notices:

@@ -374,7 +374,10 @@ def to_time(column: Column) -> Column:
     for value in column.values:
         try:
             number = _float_at(column, value)
-            values.append(None if number is None else int(epoch_to_ms(number)) * NS_PER_MS)
+            ns = None if number is None else int(epoch_to_ms(number)) * NS_PER_MS
+            if ns is not None and not -(2**63) <= ns < 2**63:  # a time.Time's nanoseconds are an int64
+                raise OverflowError
+            values.append(ns)
         except (ValueError, OverflowError):
             raise ValueError("unable to convert data to a time field") from None
     return Column(column.name, "time", values, labels=column.labels)

@@ -250,8 +250,9 @@ def time_field(field: Field) -> Field | None:
     times: list[int | None] = []
     nanos: list[int] = []
     if field.item_type in ("int64", "float64"):
-        for value in field.values:  # Go converts a null or NaN to a nonsense time; it is null here
-            times.append(int(value) if value is not None and math.isfinite(value) else None)
+        for value in field.values:  # Go converts a null, NaN or a number past an int64 to a nonsense time; null here
+            ms = int(value) if value is not None and math.isfinite(value) else None
+            times.append(ms if ms is not None and -(2**63) <= ms < 2**63 else None)
             nanos.append(0)
     elif field.item_type == "string":
         for value in field.values:
