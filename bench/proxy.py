@@ -749,6 +749,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="repeat each scenario's (direct, nginx-proxy, gateway) sequence; report medians")
     parser.add_argument("--metrics", choices=("on", "off"), default="on",
                         help="gateway's [metrics] enabled (default on: the instrumented hot path is measured)")
+    parser.add_argument("--access-log", choices=("on", "off"), default="on",
+                        help="gateway's [server] router_logging (default on, gateway's default: a line per request)")
     args = parser.parse_args(argv)
     if args.seconds is None:
         args.seconds = 3.0 if args.quick else 10.0
@@ -767,6 +769,7 @@ def start_gateway(bench: Bench, database_url: str, port: int) -> Service:
         "GF_SERVER_SHUTDOWN_TIMEOUT": "5",
         "GF_PATHS_DATA": str(bench.tmp / "gateway-data"),
         "GF_METRICS_ENABLED": "true" if bench.args.metrics == "on" else "false",
+        "GF_SERVER_ROUTER_LOGGING": "true" if bench.args.access_log == "on" else "false",
     }
     service = start("gateway", [sys.executable, "-m", "gateway"], bench.tmp / "gateway.log", env=env, cwd=ROOT)
 
@@ -889,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
             f"- machine: {os.cpu_count()} cores, {platform.system()} {platform.release()};"
             f" load average before the run {load_before}, after {loadavg()}",
             f"- gateway workers: {args.workers} (nginx worker_processes: {args.workers} each);"
-            f" gateway at {git_commit()}, metrics {args.metrics}",
+            f" gateway at {git_commit()}, metrics {args.metrics}, access log {args.access_log}",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in tool_versions.items()),
             f"- wrk runs of {args.seconds:g} s, back to back per scenario (direct, nginx-proxy, gateway)"
             + (f", {args.rounds} rounds of that, medians shown" if args.rounds > 1 else "") + ";"

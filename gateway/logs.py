@@ -95,6 +95,14 @@ class ConsoleFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(CONSOLE_FORMAT)
+        self._second: tuple[int, str] = (-1, "")  # the last second formatted: a busy server logs many per second
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """logging's default `2026-12-06 03:31:05,123`, the seconds part formatted once per second."""
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second)))
+        return f"{self._second[1]},{int(record.msecs):03d}"
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         """The line before the fields, with control characters escaped: a message can quote a data source's error

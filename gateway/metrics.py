@@ -565,7 +565,9 @@ def _access(request: web.Request, status: int, seconds: float) -> None:
     if uid is not None:
         fields["datasource_uid"] = uid
     level = logging.ERROR if status >= 500 and status != 499 else logging.INFO
-    access_log.log(level, "Request Completed", extra={"fields": fields})
+    # the record made directly: Logger.log would walk the stack for a caller every line names the same way
+    access_log.handle(access_log.makeRecord(access_log.name, level, __file__, 0, "Request Completed", (), None,
+                                            extra={"fields": fields}))
 
 
 async def request_id_header(request: web.Request, response: web.StreamResponse) -> None:
