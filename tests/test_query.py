@@ -304,10 +304,10 @@ async def test_answers_vary_on_accept_and_accept_encoding_and_honour_q_zero(clie
 
 
 async def test_an_answer_that_fails_to_encode_after_its_status_line_cuts_the_connection(aiohttp_client, caplog):
-    from gateway.api.query import GZIP_AFTER, write_results
+    from gateway.api.query import WRITE_SIZE, write_results
     from gateway.frames import DataResponse, Field, Frame
 
-    good = Frame([Field("v", "float64", [float(n) for n in range(GZIP_AFTER)])])  # past the buffered start
+    good = Frame([Field("v", "float64", [float(n) for n in range(WRITE_SIZE)])])  # past the buffered start
     bad = Frame([Field("v", "string", [object()])])  # nothing a backend builds, but an encoder can still fail
 
     async def handler(request: web.Request) -> web.StreamResponse:

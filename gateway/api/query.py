@@ -61,13 +61,18 @@ async def write_results(request: web.Request, results: dict[str, DataResponse], 
     chunks = json_chunks(results)
     first: list[bytes] = []
     size = 0
-    for chunk in chunks:  # small bodies are known whole before anything is sent
+    for chunk in chunks:  # bodies up to one write are known whole before anything is sent
         first.append(chunk)
         size += len(chunk)
-        if size > GZIP_AFTER:
+        if size > WRITE_SIZE:
             break
     else:
-        return web.Response(body=b"".join(first), status=status, content_type="application/json", headers=headers)
+        body = b"".join(first)
+        if gzip and size > GZIP_AFTER:
+            packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+            body = packer.compress(body) + packer.flush()
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, status=status, content_type="application/json", headers=headers)
     response = web.StreamResponse(status=status, headers=headers)
     response.content_type = "application/json"
     if gzip:
