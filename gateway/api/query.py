@@ -69,8 +69,8 @@ async def write_results(request: web.Request, results: dict[str, DataResponse], 
     else:
         body = b"".join(first)
         if gzip and size > GZIP_AFTER:
-            packer = zlib.compressobj(1, zlib.DEFLATED, 31)
-            body = packer.compress(body) + packer.flush()
+            whole = zlib.compressobj(1, zlib.DEFLATED, 31)
+            body = whole.compress(body) + whole.flush()
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, status=status, content_type="application/json", headers=headers)
     response = web.StreamResponse(status=status, headers=headers)
