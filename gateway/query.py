@@ -247,8 +247,9 @@ async def execute(work: Plan, config: Config, cache: CacheRun | None = None,
     if metrics is not None:
         metrics.fanout.observe(len(work.groups))
     if cache is not None and len(work.groups) > 1:
-        await cache.load(work.groups[0].context.ds.org_id,
-                         (group.context.ds.uid for group in work.groups if group.context.ds.uid != grafana.UID))
+        stored = (group.context.ds.uid for group in work.groups
+                  if not isinstance(group.context.backend, grafana.Grafana))
+        await cache.load(work.groups[0].context.ds.org_id, stored)
     if len(work.groups) == 1:  # the common case: no task of its own
         answers = [await _observed(work.groups[0], limit, cache, metrics)]
     else:
@@ -302,7 +303,7 @@ async def _run(group: Group, limit: asyncio.Semaphore, cache: CacheRun | None,
             timeout = backend.query_timeout(ctx)
             try:
                 async with asyncio.timeout(timeout):
-                    if cache is not None and ctx.ds.uid != grafana.UID:  # -- Grafana -- answers no cache
+                    if cache is not None and not isinstance(backend, grafana.Grafana):  # -- Grafana -- answers no cache
                         return await cache.run(ctx, group.queries, backend.query)
                     return await backend.query(ctx, group.queries)
             except TimeoutError:

@@ -202,6 +202,12 @@ async def test_the_built_in_grafana_data_source_answers_a_random_walk(client, ma
     assert response.status == 400 and (await response.json())["results"] == {
         "L": {"error": "gateway does not serve -- Grafana -- list queries", "errorSource": "plugin", "status": 501},
         "U": {"error": "unknown query type", "errorSource": "plugin", "status": 500}}
+    # no query cache for it (it has no settings to read): no X-Cache result
+    response = await post(client, {"queries": [walk], "from": FROM, "to": TO})
+    assert response.status == 200 and "X-Cache" not in response.headers
+    response = await post(client, {"queries": [csv("B", "1")], "from": FROM, "to": TO})
+    assert response.headers["X-Cache"] == "DISABLED"  # as a stored data source whose cache is off answers
+
 
 async def test_a_stored_data_source_with_uid_grafana_and_the_built_in_one_are_queried_apart(client):
     stored = await add(client, "grafana")  # a testdata data source that took the uid `grafana`
