@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -105,10 +105,17 @@ class QueryCache:
         return answer, result
 
 
+class _PanelTTL(msgspec.Struct):
+    queryCachingTTL: Any = None
+
+
+_panel_ttl = msgspec.json.Decoder(_PanelTTL).decode  # only this field of the model is built
+
+
 def query_ttl(query: DataQuery, settings: CacheSettings, config: Config) -> float:
     """Seconds one answer lives: the panel's `queryCachingTTL` (ms, Grafana's per-panel override) when set,
     else the data source's; never more than [caching] max_ttl, nor than MAX_TTL (a year)."""
-    panel = msgspec.json.decode(query.model).get("queryCachingTTL")
+    panel = _panel_ttl(query.model).queryCachingTTL
     if isinstance(panel, int) and not isinstance(panel, bool) and panel > 0:
         return bounded(min(panel, MAX_TTL * 1000) / 1000, config)  # a huge integer would not fit a float
     return settings.query_ttl(config)
