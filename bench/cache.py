@@ -65,9 +65,10 @@ from proxy import (  # noqa: E402
     http,
     loadavg,
     port_open,
+    publish,
     redact,
+    report_failure,
     start,
-    tail,
     wait_for,
 )
 
@@ -340,18 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             f"- latency medians over {statistics.fmean([len(r.latencies) for r in results.values()]):.0f}"
             " requests per run",
         ]
-        text = report(header, results, args)
-        print()
-        print(text, end="", flush=True)
-        if args.markdown:
-            args.markdown.write_text(text)
-        return 0
+        return publish(report(header, results, args), args.markdown)
     except BenchError as exc:
-        print(f"\nbench failed: {exc}", file=sys.stderr)
-        for service in services:
-            if not service.alive():
-                print(f"\n{service.name} had exited; the end of its log:\n{tail(service.log)}", file=sys.stderr)
-        return 1
+        return report_failure(exc, services)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130

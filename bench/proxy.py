@@ -843,6 +843,25 @@ def clean_up(services: list[Service], server_url: str | None, database_name: str
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def publish(text: str, markdown: Path | None) -> int:
+    """Print the report (and write it to `markdown` when given); the exit status of a finished run."""
+    print()
+    print(text, end="", flush=True)
+    if markdown:
+        markdown.write_text(text)
+    return 0
+
+
+def report_failure(error: BenchError, services: list[Service]) -> int:
+    """Say why the run stopped, with the end of the log of each service that had exited; exit status 1."""
+    print(f"\nbench failed: {error}", file=sys.stderr)
+    for service in services:
+        if not service.alive():
+            print(f"\n{service.name} had exited with {service.proc.returncode}; the end of its log:\n"
+                  f"{tail(service.log)}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -901,22 +920,14 @@ def main(argv: list[str] | None = None) -> int:
         disturbed = bench.foreign.mean() > 0.1
         header.append(f"- other processes on this machine used {bench.foreign.summary()}"
                       + (": **the numbers are disturbed, run again on a quiet machine**" if disturbed else ""))
-        text = report(header, results, bench.notes, stream_label)
-        print()
-        print(text, end="", flush=True)
-        if args.markdown:
-            args.markdown.write_text(text)
-        return 0
+        return publish(report(header, results, bench.notes, stream_label), args.markdown)
     except BenchError as exc:
-        print(f"\nbench failed: {exc}", file=sys.stderr)
         for service in services:
-            if not service.alive():
-                print(f"\n{service.name} had exited with {service.proc.returncode}; the end of its log:\n"
-                      f"{tail(service.log)}", file=sys.stderr)
-            elif service.name == "gateway" and args.workers > 1 and len(children(service.proc.pid)) < args.workers:
+            if service.alive() and service.name == "gateway" and args.workers > 1 \
+                    and len(children(service.proc.pid)) < args.workers:
                 print(f"\ngateway has {len(children(service.proc.pid))} of {args.workers} workers left;"
                       f" the end of its log:\n{tail(service.log)}", file=sys.stderr)
-        return 1
+        return report_failure(exc, services)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130

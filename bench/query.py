@@ -68,12 +68,13 @@ from proxy import (  # noqa: E402
     http,
     loadavg,
     port_open,
+    publish,
     redact,
+    report_failure,
     run,
     service_pids,
     start,
     start_nginx,
-    tail,
     versions,
     wait_for,
     worker_pids,
@@ -572,19 +573,9 @@ def main(argv: list[str] | None = None) -> int:
             + (": **the numbers are disturbed, run again on a quiet machine**" if bench.foreign.mean() > 0.1
                else ""),
         ]
-        text = report(header, fan, conv, growth, encoder, small, bench.notes)
-        print()
-        print(text, end="", flush=True)
-        if args.markdown:
-            args.markdown.write_text(text)
-        return 0
+        return publish(report(header, fan, conv, growth, encoder, small, bench.notes), args.markdown)
     except BenchError as exc:
-        print(f"\nbench failed: {exc}", file=sys.stderr)
-        for service in bench.services:
-            if not service.alive():
-                print(f"\n{service.name} had exited with {service.proc.returncode}; the end of its log:\n"
-                      f"{tail(service.log)}", file=sys.stderr)
-        return 1
+        return report_failure(exc, bench.services)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping everything", file=sys.stderr)
         return 130
