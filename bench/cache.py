@@ -51,7 +51,6 @@ from typing import Any  # noqa: E402
 
 from proxy import (  # noqa: E402
     AUTH,
-    ROOT,
     BenchError,
     Service,
     _execute,
@@ -61,6 +60,7 @@ from proxy import (  # noqa: E402
     clean_up,
     database_server,
     free_port,
+    gateway_process,
     git_commit,
     http,
     loadavg,
@@ -210,16 +210,8 @@ async def storm(replicas: list[str], clients: int, panels: int, rounds: int, end
 
 def start_replica(tmp: Path, database_url: str, name: str, env: dict[str, str]) -> tuple[Service, str]:
     port = free_port()
-    full_env = clean_env() | {
-        "PYTHONDONTWRITEBYTECODE": "1", "TMPDIR": str(tmp), "GF_DATABASE_URL": database_url,
-        "GF_SERVER_HTTP_PORT": str(port), "GF_SERVER_HTTP_ADDR": "127.0.0.1", "GF_SERVER_WORKERS": "1",
-        "GF_SERVER_SHUTDOWN_TIMEOUT": "2", "GF_PATHS_DATA": str(tmp / "gateway-data"), **env,
-    }
-    service = start(name, [sys.executable, "-m", "gateway"], tmp / f"{name}.log", env=full_env, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    wait_for(service, lambda: http("GET", f"{url}/api/health", timeout=2)[0] == 200, 120,
-             "GET /api/health answering 200")
-    return service, url
+    service = gateway_process(name, tmp, database_url, port, 1, {"GF_SERVER_SHUTDOWN_TIMEOUT": "2", **env})
+    return service, f"http://127.0.0.1:{port}"
 
 
 def run_scenario(args: argparse.Namespace, tmp: Path, database_url: str, stub: str, name: str,

@@ -760,24 +760,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def gateway_process(name: str, tmp: Path, database_url: str, port: int, workers: int,
+                    env: dict[str, str] | None = None) -> Service:
+    """`python -m gateway` on 127.0.0.1:port with its data, log and temp files under `tmp` (and `env` on top),
+    once GET /api/health answers 200."""
+    full_env = clean_env() | {
+        "PYTHONDONTWRITEBYTECODE": "1", "TMPDIR": str(tmp), "GF_DATABASE_URL": database_url,
+        "GF_SERVER_HTTP_PORT": str(port), "GF_SERVER_HTTP_ADDR": "127.0.0.1", "GF_SERVER_WORKERS": str(workers),
+        "GF_SERVER_SHUTDOWN_TIMEOUT": "5", "GF_PATHS_DATA": str(tmp / f"{name}-data"), **(env or {}),
+    }
+    service = start(name, [sys.executable, "-m", "gateway"], tmp / f"{name}.log", env=full_env, cwd=ROOT)
+    wait_for(service, lambda: http("GET", f"http://127.0.0.1:{port}/api/health", timeout=2)[0] == 200, 120,
+             "GET /api/health answering 200")
+    return service
+
+
 def start_gateway(bench: Bench, database_url: str, port: int) -> Service:
-    env = clean_env() | {
-        "GF_DATABASE_URL": database_url,
-        "GF_SERVER_HTTP_PORT": str(port),
-        "GF_SERVER_HTTP_ADDR": "127.0.0.1",
-        "GF_SERVER_WORKERS": str(bench.args.workers),
-        "GF_SERVER_SHUTDOWN_TIMEOUT": "5",
-        "GF_PATHS_DATA": str(bench.tmp / "gateway-data"),
+    return gateway_process("gateway", bench.tmp, database_url, port, bench.args.workers, {
         "GF_METRICS_ENABLED": "true" if bench.args.metrics == "on" else "false",
         "GF_SERVER_ROUTER_LOGGING": "true" if bench.args.access_log == "on" else "false",
-    }
-    service = start("gateway", [sys.executable, "-m", "gateway"], bench.tmp / "gateway.log", env=env, cwd=ROOT)
-
-    def healthy() -> bool:
-        return http("GET", f"http://127.0.0.1:{port}/api/health", timeout=2)[0] == 200
-
-    wait_for(service, healthy, 120, "GET /api/health answering 200")
-    return service
+    })
 
 
 def create_datasource(port: int, upstream: int) -> None:

@@ -64,6 +64,7 @@ from proxy import (  # noqa: E402
     database_server,
     ensure_tools,
     free_port,
+    gateway_process,
     git_commit,
     http,
     loadavg,
@@ -518,15 +519,8 @@ def start_fast_stub(bench: Bench) -> tuple[Service, str]:
 
 def start_gateway(bench: Bench, database_url: str) -> Service:
     port = free_port()
-    env = child_env(bench.tmp) | {
-        "GF_DATABASE_URL": database_url, "GF_SERVER_HTTP_PORT": str(port), "GF_SERVER_HTTP_ADDR": "127.0.0.1",
-        "GF_SERVER_WORKERS": str(bench.args.workers), "GF_SERVER_SHUTDOWN_TIMEOUT": "5",
-        "GF_PATHS_DATA": str(bench.tmp / "gateway-data"),
-    }
-    service = start("gateway", [sys.executable, "-m", "gateway"], bench.tmp / "gateway.log", env=env, cwd=ROOT)
+    service = gateway_process("gateway", bench.tmp, database_url, port, bench.args.workers)
     bench.gateway = f"http://127.0.0.1:{port}"
-    wait_for(service, lambda: http("GET", f"{bench.gateway}/api/health", timeout=2)[0] == 200, 120,
-             "GET /api/health answering 200")
     bench.gateway_pid = service.proc.pid
     return service
 
