@@ -280,7 +280,9 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 def same_origin(request: web.Request) -> bool:
     """A browser's Origin, when it sends one, names this host (a form posted from elsewhere does not)."""
     origin = request.headers.get("Origin")
-    return origin is None or origin.partition("://")[2] == request.host
+    return origin is None or origin.partition("://")[2].lower() == request.host.lower()  # host names ignore case
+
+
 _BROWSER_PROMPT = {"WWW-Authenticate": 'Basic realm="gateway", charset="UTF-8"'}
 
 
