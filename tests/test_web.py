@@ -177,6 +177,7 @@ async def test_nothing_that_acts_is_taken_from_another_origin(client, aiohttp_se
     assert (await client.get("/api/datasources/proxy/uid/prom/x", headers=evil)).status == 200  # reads are not
     own = {**ADMIN, "Origin": f"http://{client.host}:{client.port}"}
     assert (await client.post("/api/admin/provisioning/datasources/reload", headers=own)).status == 200
-    shouted = {**ADMIN, "Origin": f"HTTP://{client.host.upper()}:{client.port}"}  # host names ignore case
+    shouted = {**ADMIN, "Host": f"gateway.example:{client.port}",  # host names ignore case
+               "Origin": f"https://GATEWAY.Example:{client.port}"}
     assert (await client.post("/api/admin/provisioning/datasources/reload", headers=shouted)).status == 200
     assert (await client.post("/api/admin/provisioning/datasources/reload", headers=ADMIN)).status == 200
