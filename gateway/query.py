@@ -241,7 +241,9 @@ async def execute(work: Plan, config: Config, cache: CacheRun | None = None,
     """Run every group concurrently (at most [query] concurrent_query_limit at once), through the query cache
     when one is given, merge by refId, and evaluate the expression pipeline over the answers when there is one;
     `metrics` sees each group's call."""
-    limit = asyncio.Semaphore(config.query.concurrent_query_limit)
+    # a request with no more groups than the limit never waits: no semaphore to pass through per group
+    limit = asyncio.Semaphore(config.query.concurrent_query_limit) \
+        if len(work.groups) > config.query.concurrent_query_limit else None
     if metrics is not None and not metrics.enabled:
         metrics = None
     if metrics is not None:
@@ -264,7 +266,7 @@ async def execute(work: Plan, config: Config, cache: CacheRun | None = None,
     return merged
 
 
-async def _observed(group: Group, limit: asyncio.Semaphore, cache: CacheRun | None,
+async def _observed(group: Group, limit: asyncio.Semaphore | None, cache: CacheRun | None,
                     metrics: Metrics | None) -> dict[str, DataResponse]:
     """_run, reported as Grafana's queryData plugin call (status ok unless a refId failed)."""
     if metrics is None:
@@ -285,7 +287,7 @@ async def _observed(group: Group, limit: asyncio.Semaphore, cache: CacheRun | No
     return answer
 
 
-async def _run(group: Group, limit: asyncio.Semaphore, cache: CacheRun | None,
+async def _run(group: Group, limit: asyncio.Semaphore | None, cache: CacheRun | None,
                metrics: Metrics | None) -> dict[str, DataResponse]:
     """One data source's queries, within its timeout; a failure of the whole call answers each refId.
 
@@ -296,18 +298,15 @@ async def _run(group: Group, limit: asyncio.Semaphore, cache: CacheRun | None,
     try:
         if not backend.served:
             raise PluginNotRegistered()
+        if limit is None:
+            if metrics is not None:
+                metrics.queue.observe(0.0)
+            return await _call(group, cache)
         waiting = time.perf_counter()
         async with limit:
             if metrics is not None:
                 metrics.queue.observe(time.perf_counter() - waiting)
-            timeout = backend.query_timeout(ctx)
-            try:
-                async with asyncio.timeout(timeout):
-                    if cache is not None and not isinstance(backend, grafana.Grafana):  # -- Grafana -- answers no cache
-                        return await cache.run(ctx, group.queries, backend.query)
-                    return await backend.query(ctx, group.queries)
-            except TimeoutError:
-                return _errors(group, f"the data source did not answer within {timeout:g}s", 504, "downstream")
+            return await _call(group, cache)
     except NotImplementedByBackend:
         error: GatewayError = MethodNotImplemented()
     except asyncio.CancelledError:
@@ -320,6 +319,20 @@ async def _run(group: Group, limit: asyncio.Semaphore, cache: CacheRun | None,
         error = known
     source = "downstream" if error.status in (502, 504) else ""
     return _errors(group, error.message, error.status, source)
+
+
+async def _call(group: Group, cache: CacheRun | None) -> dict[str, DataResponse]:
+    """The group's backend call (through the cache when there is one) within the data source's timeout."""
+    ctx = group.context
+    backend = ctx.backend
+    timeout = backend.query_timeout(ctx)
+    try:
+        async with asyncio.timeout(timeout):
+            if cache is not None and not isinstance(backend, grafana.Grafana):  # -- Grafana -- answers no cache
+                return await cache.run(ctx, group.queries, backend.query)
+            return await backend.query(ctx, group.queries)
+    except TimeoutError:
+        return _errors(group, f"the data source did not answer within {timeout:g}s", 504, "downstream")
 
 
 def _errors(group: Group, message: str, status: int, source: str) -> dict[str, DataResponse]:

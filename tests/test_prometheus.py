@@ -101,6 +101,21 @@ def test_a_million_point_matrix_converts_exactly():
     assert response.frames[0].fields[0].values[-1] == (1700000000 + 999_999) * 1000  # type: ignore[index]
 
 
+def test_whole_fractional_and_mixed_sample_times_are_exact_milliseconds():
+    def times(stamps: str) -> list[Any]:
+        body = ('{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":['
+                + ",".join(f'[{stamp},"1"]' for stamp in stamps.split()) + "]}]}}").encode()
+        return _wire(read_result(body))["frames"][0]["data"]["values"][0]
+
+    assert times("1700000000 1700000015") == [1700000000000, 1700000015000]
+    assert times("1700000000.123 1700000000.5") == [1700000000123, 1700000000500]
+    assert times("1700000000 1700000000.001 -1.5") == [1700000000000, 1700000000001, -1500]
+    assert all(type(value) is int for value in times("1 2.5"))
+    big = read_result(b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},'
+                      b'"values":[[1,"1"],[9223372036854776,"1"]]}]}}')  # past an int64 of milliseconds
+    assert big.status == 502 and "outside the range" in (big.error or "")
+
+
 # -- step, variables and legends -------------------------------------------------------------------------
 
 def _query(model: dict[str, Any], from_ms: int = 1_700_000_000_000, to_ms: int = 1_700_003_600_000,
@@ -124,6 +139,20 @@ def test_step_follows_interval_max_data_points_and_the_safe_resolution():
     assert plan(_query({"expr": "up"}, interval_ms=0), scraped).step_ms == 30_000
     rate = plan(_query({"expr": "rate(x[$__rate_interval])", "interval": "$__rate_interval"}), SETTINGS)
     assert rate.step_ms == 60_000 and rate.expr == "rate(x[1m0s])"  # max(15s + 15s, 4 x 15s)
+
+
+def test_null_model_fields_read_as_their_defaults_and_wrong_types_are_refused():
+    prepared = plan(_query({"expr": "up", "interval": None, "intervalFactor": None, "legendFormat": None}), SETTINGS)
+    assert prepared.step_ms == 15_000 and prepared.query.legend_format == "" and prepared.query.range
+    with pytest.raises(ValueError, match="^error unmarshaling query: Expected `str`, got `int` - at `\\$.expr`$"):
+        plan(_query({"expr": 5}), SETTINGS)
+
+
+def test_a_scrape_interval_that_is_not_a_duration_fails_each_query():
+    broken = Settings("POST", "often", "", 60.0, "")
+    with pytest.raises(ValueError):
+        plan(_query({"expr": "up"}), broken)
+    assert plan(_query({"expr": "up"}, interval_ms=0), Settings("POST", "1m", "", 60.0, "")).step_ms == 60_000
 
 
 def test_variables_are_replaced_ms_variants_first():

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import quote
 
 import msgspec
@@ -21,6 +21,7 @@ from gateway.http.client import Answer, Clients, DataSourceClient
 from gateway.http.pool import UpstreamError, UpstreamPoolClosed
 
 log = logging.getLogger("gateway")
+T = TypeVar("T")
 
 
 class Plugin(msgspec.Struct, frozen=True):
@@ -81,7 +82,8 @@ class Context:
     """One data source version as its backend sees it: the row, its opened secrets, the config, and the
     clients it calls the data source with, each built on first use and closed when the data source changes."""
 
-    __slots__ = ("_backend", "_clients", "_closed", "_http", "_limit", "_resources", "config", "ds", "secrets")
+    __slots__ = ("_backend", "_clients", "_closed", "_http", "_limit", "_resources", "_settings", "config", "ds",
+                 "secrets")
 
     def __init__(self, ds: DataSource, secrets: Mapping[str, str], backend: Backend, clients: Clients) -> None:
         self.ds = ds
@@ -93,6 +95,7 @@ class Context:
         self._resources: dict[str, asyncio.Task[Any]] = {}
         self._closed = False
         self._limit: asyncio.Semaphore | None = None
+        self._settings: Any = None
 
     @property
     def backend(self) -> Backend:
@@ -112,6 +115,12 @@ class Context:
     def opened_http(self) -> DataSourceClient | None:
         """The HTTP client if one was made (for metrics: looking must not open one)."""
         return self._http
+
+    def settings(self, read: Callable[[Context], T]) -> T:
+        """The backend's reading of the data source's jsonData (`read`), made once per data source version."""
+        if self._settings is None:
+            self._settings = read(self)
+        return cast(T, self._settings)
 
     def slot(self) -> asyncio.Semaphore | contextlib.nullcontext[None]:
         """What each outgoing query holds while it runs: the data source's concurrency limit (the backend's
