@@ -141,16 +141,34 @@ class Frame:
 
 
 class DataResponse:
-    """The result of one refId: frames, or an error with its status and source."""
+    """The result of one refId: frames, or an error with its status and source.
 
-    __slots__ = ("error", "error_source", "frames", "status")
+    A response may instead hold its frames already encoded (`encoded`, the JSON array encode_frames wrote, as
+    the query cache keeps them): the JSON writer copies those bytes, and the frames are decoded only when
+    something reads `frames`, which then drops the bytes, so frames changed afterwards are written anew.
+    """
+
+    __slots__ = ("_frames", "encoded", "error", "error_source", "status")
 
     def __init__(self, frames: list[Frame] | None = None, *, error: str | None = None, status: int = 0,
-                 error_source: str = "") -> None:
-        self.frames = frames
+                 error_source: str = "", encoded: bytes | None = None) -> None:
+        self._frames = frames
+        self.encoded = encoded if frames is None else None
         self.error = error
         self.error_source = error_source
         self.status = status or (500 if error is not None else 200)
+
+    @property
+    def frames(self) -> list[Frame] | None:
+        if self._frames is None and self.encoded is not None:
+            self._frames = decode_frames(self.encoded)
+            self.encoded = None
+        return self._frames
+
+    @frames.setter
+    def frames(self, frames: list[Frame] | None) -> None:
+        self._frames = frames
+        self.encoded = None
 
 
 # -- wire shapes ------------------------------------------------------------------------------------------
@@ -196,11 +214,49 @@ def _wire(frame: Frame) -> _Frame:
 
 
 _json = msgspec.json.Encoder()
+_decode_wire = msgspec.json.Decoder(list[_Frame]).decode
+_NON_FINITE = {"NaN": math.nan, "Inf": math.inf, "NegInf": -math.inf}
 
 
 def encode_frame(frame: Frame) -> bytes:
     """One frame as JSON."""
     return _json.encode(_wire(frame))
+
+
+def encode_frames(frames: list[Frame], ref_id: str) -> bytes:
+    """A refId's frames as the JSON array json_chunks writes (frames without a refId take `ref_id`)."""
+    for frame in frames:
+        if not frame.ref_id:
+            frame.ref_id = ref_id
+    return b"[" + b",".join(map(encode_frame, frames)) + b"]"
+
+
+def decode_frames(data: bytes) -> list[Frame]:
+    """Frames from the JSON encode_frames wrote, as they were: NaN and ±Inf back from entities, nanos and
+    RawMessage values (re-encoded compactly) kept. ValueError for anything else."""
+    frames = []
+    for wire in _decode_wire(data):
+        schemas, columns = wire.schema.fields, wire.data.values
+        if len(columns) != len(schemas):
+            raise ValueError("a frame's data does not match its schema")
+        entities = wire.data.entities or [None] * len(schemas)
+        nanos = wire.data.nanos or [None] * len(schemas)
+        fields = []
+        for schema, values, found, remainders in zip(schemas, columns, entities, nanos, strict=True):
+            item_type = schema.type_info.frame
+            if found:
+                try:
+                    for key, rows in found.items():
+                        for row in rows:
+                            values[row] = _NON_FINITE[key]
+                except (KeyError, IndexError, TypeError):
+                    raise ValueError("a frame's entities do not match its values") from None
+            if item_type == "json.RawMessage":
+                values = [None if value is None else msgspec.Raw(_json.encode(value)) for value in values]
+            fields.append(Field(schema.name, item_type, values, nullable=schema.type_info.nullable,
+                                labels=schema.labels, config=schema.config, nanos=remainders))
+        frames.append(Frame(fields, name=wire.schema.name, ref_id=wire.schema.ref_id, meta=wire.schema.meta))
+    return frames
 
 
 def json_chunks(results: Mapping[str, DataResponse]) -> Iterator[bytes]:
@@ -211,6 +267,9 @@ def json_chunks(results: Mapping[str, DataResponse]) -> Iterator[bytes]:
         head = _json.encode(_Head(response.error, "" if response.error is not None and not response.error_source
                                   else response.error_source or None, response.status))
         opening = (b"," if index else b"") + _json.encode(ref_id) + b":" + head[:-1]
+        if response.encoded is not None:
+            yield opening + b',"frames":' + response.encoded + b"}"
+            continue
         if response.frames is None:
             yield opening + b"}"
             continue

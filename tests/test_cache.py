@@ -31,7 +31,7 @@ from gateway.cache.store import CacheStats, MemoryStore
 from gateway.config import Config, ConfigError
 from gateway.crypto import derive_key
 from gateway.datasources.models import DataSource
-from gateway.frames import DataResponse, Field, Frame, encode_json, meta
+from gateway.frames import DataResponse, Field, Frame, encode_json, encode_msgpack, meta
 from gateway.gtime import TimeRange
 from gateway.keys import query_cache_key
 from tests.conftest import ADMIN, free_port, make_config
@@ -285,11 +285,36 @@ def test_keys_leave_out_volatile_fields_and_never_hold_secrets():
 def test_answers_round_trip_through_the_codec():
     frame = Frame([Field("time", "time.Time", [1, 2]), Field("v", "float64", [1.5, float("nan")], labels={"a": "b"},
                                                              config={"unit": "s"}),
-                   Field("j", "json.RawMessage", [msgspec.Raw(b'{"x":1}'), msgspec.Raw(b"[]")])],
+                   Field("j", "json.RawMessage", [msgspec.Raw(b'{"x":1}'), msgspec.Raw(b"[]")]),
+                   Field("n", "float64", [None, -float("inf")], nullable=True),
+                   Field("s", "string", ["a", "\u00e9\"\n"]), Field("b", "bool", [True, False]),
+                   Field("t", "time.Time", [3, 4], nanos=[0, 500])],
                   name="n", meta=meta("timeseries-multi", (0, 1), custom={"resultType": "matrix"},
                                       executed_query_string="q"))
     answer = DataResponse([frame])
-    assert encode_json({"A": codec.decode(codec.encode(answer))}) == encode_json({"A": answer})
+    body, packed = encode_json({"A": answer}), encode_msgpack({"A": answer})
+    value = codec.encode(answer, "A")
+    kept = codec.decode(value, 1 << 20)
+    assert kept.encoded is not None and encode_json({"A": kept}) == body  # a hit writes the kept bytes
+    read = codec.decode(value, 1 << 20)
+    assert read.frames is not None and read.encoded is None  # frames read: decoded, the bytes dropped
+    assert encode_json({"A": read}) == body and encode_msgpack({"A": read}) == packed
+    assert codec.decode(codec.encode(DataResponse(), "A"), 1).frames is None
+
+
+def test_kept_answers_are_compressed_and_bounded_when_read():
+    times = list(range(1_700_000_000_000, 1_700_003_600_000, 15_000))
+    answer = DataResponse([Frame([Field("Time", "time.Time", times), Field("v", "float64", [1.5] * len(times))])])
+    value = codec.encode(answer, "A")
+    assert len(value) * 5 < len(encode_json({"A": answer}))
+    with pytest.raises(ValueError, match="size limit"):
+        codec.decode(value, 16)  # expands past EXPANSION x 16 bytes
+    with pytest.raises(ValueError):
+        codec.decode(value[:-10], 1 << 20)  # cut short
+    with pytest.raises(ValueError):
+        codec.decode(msgspec.msgpack.encode([200, b"not zlib"]), 1 << 20)
+    with pytest.raises(ValueError):
+        codec.decode(msgspec.msgpack.encode([None, 200]), 1 << 20)  # the layout of an older version
 
 
 async def test_the_memory_store_is_an_lru_bounded_by_bytes():

@@ -144,7 +144,7 @@ def test_step_follows_interval_max_data_points_and_the_safe_resolution():
 def test_null_model_fields_read_as_their_defaults_and_wrong_types_are_refused():
     prepared = plan(_query({"expr": "up", "interval": None, "intervalFactor": None, "legendFormat": None}), SETTINGS)
     assert prepared.step_ms == 15_000 and prepared.query.legend_format == "" and prepared.query.range
-    with pytest.raises(ValueError, match="^error unmarshaling query: Expected `str`, got `int` - at `\\$.expr`$"):
+    with pytest.raises(ValueError, match=r"^error unmarshaling query: Expected `str`, got `int` - at `\$\.expr`$"):
         plan(_query({"expr": 5}), SETTINGS)
 
 

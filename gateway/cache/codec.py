@@ -1,65 +1,48 @@
-"""A query's answer (DataResponse with its frames) as MessagePack bytes and back, for the cache."""
+"""A query's answer as the cache keeps it, and back: its status and its frames as the JSON the response
+writes (encode_frames), compressed with zlib (level 1: a time series' JSON shrinks several times over, to
+less than its MessagePack).
+
+A hit is then a decompression and a copy into the response: its frames are decoded into objects only when
+something reads them (an expression, a MessagePack or legacy answer); the bytes are not re-encoded."""
 
 from __future__ import annotations
 
-from typing import Any
+import zlib
 
 import msgspec
 
-from gateway.frames import DataResponse, Field, Frame, FrameMeta
-
-_RAW = "json.RawMessage"
+from gateway.frames import DataResponse, encode_frames
 
 
-class _Field(msgspec.Struct, array_like=True):
-    name: str
-    item_type: str
-    values: list[Any]
-    nullable: bool
-    labels: dict[str, str] | None
-    config: dict[str, Any] | None
-    nanos: list[int] | None
-
-
-class _Frame(msgspec.Struct, array_like=True):
-    fields: list[_Field]
-    name: str
-    ref_id: str
-    meta: FrameMeta | None
-
-
-class _Response(msgspec.Struct, array_like=True):
-    frames: list[_Frame] | None
+class _Stored(msgspec.Struct, array_like=True):
     status: int
+    frames: bytes | None  # zlib of the JSON array of frames
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decode = msgspec.msgpack.Decoder(_Response).decode
+_decode = msgspec.msgpack.Decoder(_Stored).decode
+EXPANSION = 64  # the most a kept value is let expand when read, over the largest value kept
 
 
-def _values(field: Field) -> list[Any]:
-    if field.item_type != _RAW:
-        return field.values
-    return [bytes(value) if isinstance(value, msgspec.Raw) else value for value in field.values]
+def encode(response: DataResponse, ref_id: str) -> bytes:
+    """A successful answer of `ref_id` as bytes (TypeError, ValueError or OverflowError for values JSON
+    cannot hold)."""
+    frames = response.frames
+    packed = None if frames is None else zlib.compress(encode_frames(frames, ref_id), 1)
+    return _encoder.encode(_Stored(response.status, packed))
 
 
-def encode(response: DataResponse) -> bytes:
-    """A successful answer as bytes (TypeError or OverflowError for values MessagePack cannot hold)."""
-    frames = None if response.frames is None else [
-        _Frame([_Field(field.name, field.item_type, _values(field), field.nullable, field.labels, field.config,
-                       field.nanos) for field in frame.fields], frame.name, frame.ref_id, frame.meta)
-        for frame in response.frames]
-    return _encoder.encode(_Response(frames, response.status))
-
-
-def decode(data: bytes) -> DataResponse:
-    """Fresh objects for one request (the encoder fills in refIds on the frames it writes)."""
-    response = _decode(data)
-    frames = None if response.frames is None else [
-        Frame([Field(field.name, field.item_type,
-                     [msgspec.Raw(value) if isinstance(value, bytes) else value for value in field.values]
-                     if field.item_type == _RAW else field.values,
-                     nullable=field.nullable, labels=field.labels, config=field.config, nanos=field.nanos)
-               for field in frame.fields], name=frame.name, ref_id=frame.ref_id, meta=frame.meta)
-        for frame in response.frames]
-    return DataResponse(frames, status=response.status)
+def decode(data: bytes, max_value: int) -> DataResponse:
+    """A fresh answer for one request, its frames still encoded; ValueError for bytes this version did not
+    write, or frames that would expand past EXPANSION x `max_value` bytes."""
+    stored = _decode(data)
+    if stored.frames is None:
+        return DataResponse(status=stored.status)
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(stored.frames, EXPANSION * max_value)
+    except zlib.error as error:
+        raise ValueError(f"unreadable cached frames: {error}") from None
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise ValueError("cached frames past the size limit, or cut short")
+    return DataResponse(status=stored.status, encoded=text)

@@ -50,6 +50,10 @@ class QueryCache:
         self.max_value = int(config.caching.max_value_mb * (1 << 20))
         self.flights: dict[str, asyncio.Future[bytes | None]] = {}
 
+    def answer(self, value: bytes) -> DataResponse:
+        """A kept answer read back (ValueError when it cannot be)."""
+        return codec.decode(value, self.max_value)
+
     def request(self, skip: bool) -> CacheRun:
         """The cache as one request uses it (`skip`: the caller sent X-Cache-Skip)."""
         return CacheRun(self, skip)
@@ -210,7 +214,7 @@ class CacheRun:
             self._note(ERROR, len(queries))
             return await call(ctx, queries)
         for (ref_id, _), value in zip(keys.items(), found, strict=True):
-            answer = _readable(codec.decode, value)
+            answer = _readable(cache.answer, value)
             if answer is not None:
                 answers[ref_id] = answer
         self._note(HIT, len(answers))
@@ -307,7 +311,7 @@ class CacheRun:
             if key is None or answer is None or answer.error is not None:
                 continue  # errors are never cached
             try:
-                value = codec.encode(answer)
+                value = codec.encode(answer, query.ref_id)
             except (TypeError, ValueError, OverflowError):
                 continue
             flight = cache.flights.get(key)
@@ -362,7 +366,7 @@ class CacheRun:
             return await call(ctx, [query])
         self._cache.stats.coalesced_waits += 1
         self._note(HIT)
-        return {query.ref_id: codec.decode(value)}
+        return {query.ref_id: self._cache.answer(value)}
 
     async def _await_replica(self, ctx: Context, query: DataQuery, key: str, call: Call) -> dict[str, DataResponse]:
         """Wait (bounded) for the replica holding the lock to store the answer; run it here when it does not
@@ -376,7 +380,7 @@ class CacheRun:
                 value, locked = await store.poll(key)
             except StoreError:
                 break
-            answer = _readable(codec.decode, value)
+            answer = _readable(cache.answer, value)
             if answer is None and (value is not None or not locked):
                 break  # released without an answer, or one this version cannot read: run it here
             if answer is not None:
