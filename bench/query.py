@@ -367,33 +367,32 @@ def conversion(bench: Bench) -> tuple[list[Conversion], float | None, float]:
         reps = max(1, bench.args.reps // 2) if points >= 1_000_000 else bench.args.reps
         upstream = f"{bench.stub}/big/{points}/api/v1/query_range"
         form = f"query={EXPR}&start={START_S}&end={START_S + PER_SERIES * STEP_S}&step={STEP_S}".encode()
-        _, answer = bench.ds_query([query(uid)], f"{points} points (warm-up)")
+        workers = worker_pids(bench.gateway_pid)
+        wrote = {pid: written_bytes(pid) for pid in workers}
+        sampler = RssSampler(workers) if points == max(SIZES) else None
+        if sampler is not None:
+            with sampler:  # the first big request: what it costs a worker that has not served one
+                _, answer = bench.ds_query([query(uid)], f"{points} points (warm-up)")
+            served = max(sampler.pids, key=lambda pid: written_bytes(pid) - wrote[pid])
+            growth = sampler.growth_mib(served)
+        else:
+            _, answer = bench.ds_query([query(uid)], f"{points} points (warm-up)")
         gateway_frames = json.loads(answer)["results"]["A"]["frames"]
         _, _, raw = timed("POST", upstream, form)
         reference = json.loads(reference_frames(raw, "A", EXPR, step_ms))["results"]["A"]["frames"]
         if [f["data"]["values"] for f in gateway_frames] != [f["data"]["values"] for f in reference]:
             raise BenchError(f"{points} points: gateway's frames hold other values than the reference conversion")
         gateway_runs, reference_runs = [], []
-        workers = worker_pids(bench.gateway_pid)
-        wrote = {pid: written_bytes(pid) for pid in workers}
-        sampler = RssSampler(workers) if points == max(SIZES) else None
         size = len(answer)
         with bench.foreign.watch(f"{points} points"):
-            for rep in range(reps):
-                if sampler is not None and rep == 0:
-                    with sampler:  # the first big request: what it costs a worker that has not served one
-                        gateway_runs.append(bench.ds_query([query(uid)], f"{points} points")[0])
-                else:
-                    gateway_runs.append(bench.ds_query([query(uid)], f"{points} points")[0])
+            for _ in range(reps):
+                gateway_runs.append(bench.ds_query([query(uid)], f"{points} points")[0])
                 began = time.perf_counter()
                 _, status, raw = timed("POST", upstream, form)
                 size_ref = len(reference_frames(raw, "A", EXPR, step_ms))
                 reference_runs.append(time.perf_counter() - began)
                 if status != 200 or not size_ref:
                     raise BenchError(f"the stub answered HTTP {status}")
-        if sampler is not None:
-            served = max(sampler.pids, key=lambda pid: written_bytes(pid) - wrote[pid])
-            growth = sampler.growth_mib(served)
         out.append(Conversion(points, size, statistics.median(gateway_runs), statistics.median(reference_runs)))
         print(f"{points:,} points: gateway {out[-1].gateway_s * 1000:.0f} ms, reference"
               f" {out[-1].reference_s * 1000:.0f} ms, {size:,} bytes", flush=True)
