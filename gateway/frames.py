@@ -160,6 +160,7 @@ class DataResponse:
 
     @property
     def frames(self) -> list[Frame] | None:
+        """The frames (decoded from `encoded` on first read, which then drops the bytes)."""
         if self._frames is None and self.encoded is not None:
             self._frames = decode_frames(self.encoded)
             self.encoded = None
@@ -224,7 +225,8 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 def encode_frames(frames: list[Frame], ref_id: str) -> bytes:
-    """A refId's frames as the JSON array json_chunks writes (frames without a refId take `ref_id`)."""
+    """A refId's frames as the JSON array json_chunks writes; frames without a refId are given `ref_id`, as
+    json_chunks gives them."""
     for frame in frames:
         if not frame.ref_id:
             frame.ref_id = ref_id

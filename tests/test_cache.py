@@ -5,6 +5,7 @@ real Prometheus), and a Redis that is down or hangs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -293,26 +294,31 @@ def test_answers_round_trip_through_the_codec():
                                       executed_query_string="q"))
     answer = DataResponse([frame])
     body, packed = encode_json({"A": answer}), encode_msgpack({"A": answer})
-    value = codec.encode(answer, "A")
+    value, keep = codec.encode(answer, "A", 1 << 20)
     kept = codec.decode(value, 1 << 20)
-    assert kept.encoded is not None and encode_json({"A": kept}) == body  # a hit writes the kept bytes
+    assert keep and kept.encoded is not None and encode_json({"A": kept}) == body  # a hit writes the kept bytes
     read = codec.decode(value, 1 << 20)
     assert read.frames is not None and read.encoded is None  # frames read: decoded, the bytes dropped
     assert encode_json({"A": read}) == body and encode_msgpack({"A": read}) == packed
-    assert codec.decode(codec.encode(DataResponse(), "A"), 1).frames is None
+    assert codec.decode(codec.encode(DataResponse(), "A", 1)[0], 1).frames is None
 
 
-def test_kept_answers_are_compressed_and_bounded_when_read():
+def test_kept_answers_are_compressed_and_bounded_by_their_json():
     times = list(range(1_700_000_000_000, 1_700_003_600_000, 15_000))
     answer = DataResponse([Frame([Field("Time", "time.Time", times), Field("v", "float64", [1.5] * len(times))])])
-    value = codec.encode(answer, "A")
-    assert len(value) * 5 < len(encode_json({"A": answer}))
+    body = encode_json({"A": answer})
+    value, keep = codec.encode(answer, "A", len(body))
+    assert keep and len(value) * 5 < len(body)
+    large, keep = codec.encode(answer, "A", 1000)  # JSON past the largest kept value: shared as it is, not kept
+    assert not keep and encode_json({"A": codec.decode(large, 1000)}) == body
     with pytest.raises(ValueError, match="size limit"):
-        codec.decode(value, 16)  # expands past EXPANSION x 16 bytes
+        codec.decode(value, 1000)  # a kept value that would expand past the limit
+    stored = msgspec.msgpack.decode(value)
+    for frames in (stored[2][:-10], b"not zlib"):  # cut short; not zlib at all
+        with pytest.raises(ValueError):
+            codec.decode(msgspec.msgpack.encode([*stored[:2], frames, True]), 1 << 20)
     with pytest.raises(ValueError):
-        codec.decode(value[:-10], 1 << 20)  # cut short
-    with pytest.raises(ValueError):
-        codec.decode(msgspec.msgpack.encode([200, b"not zlib"]), 1 << 20)
+        codec.decode(msgspec.msgpack.encode([codec.VERSION + 1, *stored[1:]]), 1 << 20)  # another version's JSON
     with pytest.raises(ValueError):
         codec.decode(msgspec.msgpack.encode([None, 200]), 1 << 20)  # the layout of an older version
 
@@ -523,6 +529,73 @@ async def test_a_redis_that_is_down_or_hangs_never_fails_a_query(aiohttp_client,
     finally:
         if server is not None:
             server.close()
+
+
+async def test_a_slow_redis_is_left_alone_rather_than_waited_on_by_every_query(aiohttp_client, aiohttp_server,
+                                                                              database_url, prefix, caplog):
+    delay = [0.0]
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Between gateway and the real Redis: Redis' answers arrive delay[0] seconds late."""
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", 6379)
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, late: bool) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    if late:
+                        await asyncio.sleep(delay[0])
+                    sink.write(data)
+            sink.close()
+
+        await asyncio.gather(pump(reader, upstream_writer, False), pump(upstream_reader, writer, True))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    try:
+        config = redis_config(database_url, prefix, timeout=0.3)
+        config = msgspec.structs.replace(config, caching_redis=msgspec.structs.replace(
+            config.caching_redis, url=f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"))
+        client = await start(aiohttp_client, aiohttp_server, config)
+        upstream = Counting()
+        await add(client, "p", "prometheus", url=await counting(aiohttp_server, upstream))
+        response = await post(client, {"queries": [instant()], **BODY})  # connections made while Redis is fast
+        assert response.headers["X-Cache"] == "MISS"
+        delay[0] = 0.2  # slower than half the timeout, within it
+        began = time.monotonic()
+        for minute in range(1, 5):  # four other queries: four misses
+            response = await post(client, {"queries": [instant()], "from": str(1_700_000_000_000 + minute * 60_000),
+                                           "to": str(1_700_000_060_000 + minute * 60_000)})
+            assert response.status == 200 and response.headers["X-Cache"] == "ERROR"
+        assert time.monotonic() - began < 1.2  # one slow call, not ~4 per query (a get, a lock, a set, an unlock)
+        stats = client.server.app[query_cache_key].stats
+        assert len(upstream.calls) == 5 and stats.store_outages == 1
+        lines = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
+        assert len(lines) == 1 and "Redis slow" in lines[0]
+    finally:
+        server.close()
+
+
+async def test_a_query_waiting_on_an_identical_one_shares_an_answer_too_large_to_keep(aiohttp_client, aiohttp_server,
+                                                                                    database_url):
+    calls: list[int] = []
+
+    async def big(request: web.Request) -> web.Response:
+        calls.append(1)
+        await asyncio.sleep(0.3)
+        result = [{"metric": {"__name__": "m", "i": str(index)}, "value": [1, "1"]} for index in range(400)]
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": result}})
+
+    client = await start(aiohttp_client, aiohttp_server, caching(database_url, max_value_mb=0.001))
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", big)
+    upstream = await aiohttp_server(app)
+    await add(client, "p", "prometheus", url=str(upstream.make_url("")).rstrip("/"))
+    responses = await asyncio.gather(*(post(client, {"queries": [instant()], **BODY}) for _ in range(2)))
+    assert sorted(response.headers["X-Cache"] for response in responses) == ["HIT", "MISS"]
+    bodies = [await response.read() for response in responses]
+    assert [response.status for response in responses] == [200, 200] and bodies[0] == bodies[1]
+    assert len(calls) == 1 and len(json.loads(bodies[0])["results"]["A"]["frames"]) == 400
+    response = await post(client, {"queries": [instant()], **BODY})
+    assert response.headers["X-Cache"] == "MISS" and len(calls) == 2  # not kept
 
 
 @pytest.fixture

@@ -114,6 +114,10 @@ def test_whole_fractional_and_mixed_sample_times_are_exact_milliseconds():
     big = read_result(b'{"status":"success","data":{"resultType":"matrix","result":[{"metric":{},'
                       b'"values":[[1,"1"],[9223372036854776,"1"]]}]}}')  # past an int64 of milliseconds
     assert big.status == 502 and "outside the range" in (big.error or "")
+    for stamp in (b'"NaN"', b'"Inf"'):  # read as floats by the fast path: no millisecond to give them
+        odd = read_result(b'{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":['
+                          + stamp + b',"1"]}]}}')
+        assert odd.status == 502 and odd.error_source == "downstream"
 
 
 # -- step, variables and legends -------------------------------------------------------------------------

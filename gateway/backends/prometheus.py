@@ -563,7 +563,7 @@ def read_result(body: bytes) -> DataResponse:
 
     A large answer is read with the cyclic GC paused: decoding makes a tuple per sample, and collections
     that scan the young tuples again and again, to find nothing to free, cost about a sixth of a 1e6-sample
-    conversion."""
+    conversion. The pause is the process's (the GC has no other switch): it lasts this synchronous read only."""
     if len(body) < _PAUSE_GC_AFTER or not gc.isenabled():
         return _read_result(body)
     gc.disable()
@@ -594,7 +594,7 @@ def _read_result(body: bytes) -> DataResponse:
         return DataResponse(error=f"{parsed.error_type}: {parsed.error}", status=400, error_source="downstream")
     try:
         frames = _frames(parsed.data)
-    except OverflowError as error:
+    except (OverflowError, ValueError) as error:  # a sample time past an int64 of ms, or NaN or ±Inf
         return DataResponse(error=f"response from prometheus couldn't be parsed: {error}", status=502,
                             error_source="downstream")
     notices = [Notice("warning", text) for text in parsed.warnings or ()]

@@ -311,13 +311,13 @@ class CacheRun:
             if key is None or answer is None or answer.error is not None:
                 continue  # errors are never cached
             try:
-                value = codec.encode(answer, query.ref_id)
+                value, keep = codec.encode(answer, query.ref_id, cache.max_value)
             except (TypeError, ValueError, OverflowError):
                 continue
             flight = cache.flights.get(key)
             if flight is not None and not flight.done():
-                flight.set_result(value)
-            if len(value) <= cache.max_value:
+                flight.set_result(value)  # an answer too large to keep is still shared within the worker
+            if keep:
                 kept.append((key, value, query_ttl(query, settings, cache.config)))
         for (key, _, _), failed in zip(kept, await asyncio.gather(
                 *(self._set(key, value, ttl) for key, value, ttl in kept)), strict=True):
@@ -361,12 +361,13 @@ class CacheRun:
                 value = await asyncio.shield(flight)
         except TimeoutError:
             value = None
-        if value is None:
+        answer = _readable(self._cache.answer, value)
+        if answer is None:
             self._note(MISS)
             return await call(ctx, [query])
         self._cache.stats.coalesced_waits += 1
         self._note(HIT)
-        return {query.ref_id: self._cache.answer(value)}
+        return {query.ref_id: answer}
 
     async def _await_replica(self, ctx: Context, query: DataQuery, key: str, call: Call) -> dict[str, DataResponse]:
         """Wait (bounded) for the replica holding the lock to store the answer; run it here when it does not

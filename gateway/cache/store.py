@@ -22,6 +22,7 @@ log = logging.getLogger("gateway.cache")
 
 ENTRY_OVERHEAD = 96  # bytes counted per memory entry beyond key and value (dict slot, tuple, ints)
 RETRY_AFTER = 2.0  # seconds a failed Redis is left alone before it is tried again
+SLOW = 0.5  # a Redis call slower than this share of [caching] timeout counts as an outage (a miss waits on ~4)
 MAX_CONNECTIONS = 64  # Redis connections per worker
 
 
@@ -113,8 +114,8 @@ class MemoryStore:
 
 class RedisStore:
     """Values in Redis under `prefix`, sealed with AES-GCM (the key name is the associated data). Every call
-    has `timeout`; after a failure Redis is skipped for RETRY_AFTER seconds, and each change of state is
-    logged once."""
+    has `timeout`; after a failure, or a call slower than SLOW x timeout, Redis is skipped for RETRY_AFTER
+    seconds, and each change of state is logged once."""
 
     shared = True
 
@@ -139,6 +140,7 @@ class RedisStore:
     async def _call(self, method: str, *args: Any, write: bool = False, **kwargs: Any) -> Any:
         if self._down and time.monotonic() < self._down_until:
             raise StoreError("the cache is unavailable")
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
                 result = await getattr(self._redis, method)(*args, **kwargs)
@@ -154,6 +156,14 @@ class RedisStore:
                     log.warning("query cache: Redis unavailable (%s); queries go to the data sources",
                                 type(error).__name__)
             raise StoreError(type(error).__name__) from None
+        took = time.monotonic() - started
+        if took > self._timeout * SLOW:  # answered, but at this pace each query would wait on it several times
+            self._down_until = time.monotonic() + RETRY_AFTER
+            if not self._down:
+                self._down, self._full = True, False
+                self._stats.store_outages += 1
+                log.warning("query cache: Redis slow (a call took %.2f s); queries go to the data sources", took)
+            return result
         if self._down and (write or not self._full):
             self._down = self._full = False
             log.warning("query cache: Redis available again")
