@@ -139,7 +139,7 @@ def test_step_follows_interval_max_data_points_and_the_safe_resolution():
     week = _query({"expr": "up", "interval": "1ms"}, to_ms=1_700_000_000_000 + 7 * 86_400_000, interval_ms=0,
                   max_data_points=100_000)
     assert plan(week, SETTINGS).step_ms == 60_000  # 7d / 100000 = 6s -> 5s, but the safe 7d / 11000 = 55s -> 1m
-    scraped = Settings("POST", "30s", "", 60.0, "")
+    scraped = Settings.from_options({"timeInterval": "30s"})
     assert plan(_query({"expr": "up"}, interval_ms=0), scraped).step_ms == 30_000
     rate = plan(_query({"expr": "rate(x[$__rate_interval])", "interval": "$__rate_interval"}), SETTINGS)
     assert rate.step_ms == 60_000 and rate.expr == "rate(x[1m0s])"  # max(15s + 15s, 4 x 15s)
@@ -153,10 +153,10 @@ def test_null_model_fields_read_as_their_defaults_and_wrong_types_are_refused():
 
 
 def test_a_scrape_interval_that_is_not_a_duration_fails_each_query():
-    broken = Settings("POST", "often", "", 60.0, "")
+    broken = Settings.from_options({"timeInterval": "often"})
     with pytest.raises(ValueError):
         plan(_query({"expr": "up"}), broken)
-    assert plan(_query({"expr": "up"}, interval_ms=0), Settings("POST", "1m", "", 60.0, "")).step_ms == 60_000
+    assert plan(_query({"expr": "up"}, interval_ms=0), Settings.from_options({"timeInterval": "1m"})).step_ms == 60_000
 
 
 def test_variables_are_replaced_ms_variants_first():

@@ -53,11 +53,10 @@ async def write_results(request: web.Request, results: dict[str, DataResponse], 
     accept = qualities(request.headers.get("Accept", ""))
     msgpack = accept.get("application/msgpack", 0.0)
     json_q = next((accept[name] for name in ("application/json", "application/*", "*/*") if name in accept), 0.0)
-    if msgpack > json_q:  # only when asked for by name, and preferred to JSON
-        return web.Response(body=encode_msgpack(results), status=status, content_type="application/msgpack",
-                            headers=headers)
     encodings = qualities(request.headers.get("Accept-Encoding", ""))
     gzip = encodings.get("gzip", encodings.get("*", 0.0)) > 0
+    if msgpack > json_q:  # only when asked for by name, and preferred to JSON
+        return _whole(encode_msgpack(results), status, "application/msgpack", headers, gzip)
     chunks = json_chunks(results)
     first: list[bytes] = []
     size = 0
@@ -67,12 +66,7 @@ async def write_results(request: web.Request, results: dict[str, DataResponse], 
         if size > WRITE_SIZE:
             break
     else:
-        body = b"".join(first)
-        if gzip and size > GZIP_AFTER:
-            whole = zlib.compressobj(1, zlib.DEFLATED, 31)
-            body = whole.compress(body) + whole.flush()
-            headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+        return _whole(b"".join(first), status, "application/json", headers, gzip)
     response = web.StreamResponse(status=status, headers=headers)
     response.content_type = "application/json"
     if gzip:
@@ -110,6 +104,15 @@ async def write_results(request: web.Request, results: dict[str, DataResponse], 
         await response.write(packer.flush())
     await response.write_eof()
     return response
+
+
+def _whole(body: bytes, status: int, content_type: str, headers: dict[str, str], gzip: bool) -> web.Response:
+    """A body known whole, gzipped when the client accepts gzip and it is not small."""
+    if gzip and len(body) > GZIP_AFTER:
+        packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+        body = packer.compress(body) + packer.flush()
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, status=status, content_type=content_type, headers=headers)
 
 
 def add_routes(app: web.Application) -> None:

@@ -95,7 +95,7 @@ class Context:
         self._resources: dict[str, asyncio.Task[Any]] = {}
         self._closed = False
         self._limit: asyncio.Semaphore | None = None
-        self._settings: Any = None
+        self._settings: dict[Callable[[Context], Any], Any] = {}
 
     @property
     def backend(self) -> Backend:
@@ -117,10 +117,13 @@ class Context:
         return self._http
 
     def settings(self, read: Callable[[Context], T]) -> T:
-        """The backend's reading of the data source's jsonData (`read`), made once per data source version."""
-        if self._settings is None:
-            self._settings = read(self)
-        return cast(T, self._settings)
+        """`read(self)`, a reading of the data source's jsonData, made once per data source version (and
+        reader)."""
+        try:
+            return cast(T, self._settings[read])
+        except KeyError:
+            value = self._settings[read] = read(self)
+            return value
 
     def slot(self) -> asyncio.Semaphore | contextlib.nullcontext[None]:
         """What each outgoing query holds while it runs: the data source's concurrency limit (the backend's

@@ -158,9 +158,9 @@ _decode_query = msgspec.json.Decoder(PromQuery).decode
 DEFAULT_SCRAPE_MS = 15_000.0
 
 
-class Settings(msgspec.Struct):
-    """jsonData as the query path reads it: method, scrape interval, query timeout, extra URL parameters, and
-    whether to ask for query statistics; the scrape interval in ms (or why it cannot be read) is derived."""
+class Settings(msgspec.Struct, frozen=True):
+    """jsonData as the query path reads it: method, scrape interval (and in ms, or why it cannot be read),
+    query timeout, extra URL parameters, and whether to ask for query statistics."""
 
     method: str
     time_interval: str
@@ -171,25 +171,29 @@ class Settings(msgspec.Struct):
     scrape_ms: float = DEFAULT_SCRAPE_MS
     scrape_error: str = ""
 
-    def __post_init__(self) -> None:
-        if self.time_interval:
-            try:
-                self.scrape_ms = parse_interval_string(self.time_interval)
-            except ValueError as error:  # each query of the data source fails with it, as in promlib
-                self.scrape_error = str(error)
-
     @classmethod
     def of(cls, ctx: Context) -> Settings:
-        """The settings of the context's data source, read once per data source version; odd values fall back
-        to Grafana's defaults."""
+        """The settings of the context's data source, read once per data source version."""
         return ctx.settings(cls._read)
 
     @classmethod
     def _read(cls, ctx: Context) -> Settings:
-        options = ctx.ds.options
+        return cls.from_options(ctx.ds.options)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Settings:
+        """jsonData read; odd values fall back to Grafana's defaults, an unreadable scrape interval fails each
+        query (as in promlib)."""
         method = options.get("httpMethod")
         method = "GET" if isinstance(method, str) and method.upper() == "GET" else "POST"
         time_interval = options.get("timeInterval")
+        time_interval = time_interval if isinstance(time_interval, str) else ""
+        scrape_ms, scrape_error = DEFAULT_SCRAPE_MS, ""
+        if time_interval:
+            try:
+                scrape_ms = parse_interval_string(time_interval)
+            except ValueError as error:
+                scrape_error = str(error)
         query_timeout = options.get("queryTimeout")
         query_timeout = query_timeout if isinstance(query_timeout, str) else ""
         try:
@@ -197,9 +201,9 @@ class Settings(msgspec.Struct):
         except ValueError:
             seconds = 60.0
         custom = options.get("customQueryParameters")
-        return cls(method, time_interval if isinstance(time_interval, str) else "", query_timeout,
-                   seconds if seconds > 0 else 60.0, custom.lstrip("?&") if isinstance(custom, str) else "",
-                   options.get("queryStatsEnabled") is True)
+        return cls(method, time_interval, query_timeout, seconds if seconds > 0 else 60.0,
+                   custom.lstrip("?&") if isinstance(custom, str) else "", options.get("queryStatsEnabled") is True,
+                   scrape_ms, scrape_error)
 
 
 # -- step and variables (spec-query §12.2) ----------------------------------------------------------------

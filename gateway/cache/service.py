@@ -317,6 +317,7 @@ class CacheRun:
             flight = cache.flights.get(key)
             if flight is not None and not flight.done():
                 flight.set_result(value)  # an answer too large to keep is still shared within the worker
+            answers[query.ref_id] = cache.answer(value)  # written as a hit is, not encoded again
             if keep:
                 kept.append((key, value, query_ttl(query, settings, cache.config)))
         for (key, _, _), failed in zip(kept, await asyncio.gather(
