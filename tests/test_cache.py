@@ -28,7 +28,7 @@ from gateway.backends.base import DataQuery
 from gateway.cache import codec
 from gateway.cache.keys import query_key, rounded_range
 from gateway.cache.service import x_cache
-from gateway.cache.store import CacheStats, MemoryStore
+from gateway.cache.store import RETRY_AFTER, CacheStats, MemoryStore, RedisStore, StoreError
 from gateway.config import Config, ConfigError
 from gateway.crypto import derive_key
 from gateway.datasources.models import DataSource
@@ -630,6 +630,28 @@ def full_redis() -> Iterator[str]:
     finally:
         process.kill()
         process.wait(5)
+
+
+async def test_each_change_of_redis_state_is_logged_once(full_redis, caplog):
+    stats = CacheStats()
+    store = RedisStore(full_redis, "states:", 0.5, "a secret key", stats)
+    try:
+        for _ in range(2):  # refused, then left alone: one line
+            with pytest.raises(StoreError):
+                await store.set("k", b"v" * 1000, 60)
+        raw = redis.asyncio.Redis.from_url(full_redis)
+        try:
+            await raw.shutdown(nosave=True)  # this private server only
+        finally:
+            await raw.aclose()
+        await asyncio.sleep(RETRY_AFTER + 0.1)
+        with pytest.raises(StoreError):
+            await store.get("k")  # full, then gone: another state, another line
+    finally:
+        await store.close()
+    lines = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
+    assert len(lines) == 2 and "Redis full" in lines[0] and "Redis unavailable" in lines[1]
+    assert stats.store_outages == 1  # one outage, that changed its nature
 
 
 async def test_a_full_redis_never_fails_a_query_and_logs_once_until_it_takes_writes_again(

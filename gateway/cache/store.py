@@ -133,39 +133,39 @@ class RedisStore:
         self._timeout = timeout
         self._cipher = AESGCM(derive_key(secret_key, "gateway query cache"))
         self._down_until = 0.0
-        self._down = False
-        self._full = False  # the failure was Redis refusing writes (OOM): reads that work do not end it
+        # None while Redis works, else why it is left alone: "unavailable", "slow", or "full" (Redis refusing
+        # writes under OOM, which reads that work do not end)
+        self._state: str | None = None
         self._stats = stats
 
+    def _enter(self, state: str, reason: str) -> None:
+        """Leave Redis alone for RETRY_AFTER; log (and count, when it was working) a change of state."""
+        self._down_until = time.monotonic() + RETRY_AFTER
+        if state == self._state:
+            return
+        if self._state is None:
+            self._stats.store_outages += 1
+        self._state = state
+        log.warning("query cache: Redis %s (%s); queries go to the data sources", state, reason)
+
     async def _call(self, method: str, *args: Any, write: bool = False, **kwargs: Any) -> Any:
-        if self._down and time.monotonic() < self._down_until:
+        if self._state is not None and time.monotonic() < self._down_until:
             raise StoreError("the cache is unavailable")
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._timeout):
                 result = await getattr(self._redis, method)(*args, **kwargs)
         except self._errors as error:
-            self._down_until = time.monotonic() + RETRY_AFTER
-            if not self._down:
-                self._down = True
-                self._full = isinstance(error, self._full_error)
-                self._stats.store_outages += 1
-                if self._full:
-                    log.warning("query cache: Redis full (it refuses writes); queries go to the data sources")
-                else:
-                    log.warning("query cache: Redis unavailable (%s); queries go to the data sources",
-                                type(error).__name__)
+            if isinstance(error, self._full_error):
+                self._enter("full", "it refuses writes")
+            else:
+                self._enter("unavailable", type(error).__name__)
             raise StoreError(type(error).__name__) from None
         took = time.monotonic() - started
         if took > self._timeout * SLOW:  # answered, but at this pace each query would wait on it several times
-            self._down_until = time.monotonic() + RETRY_AFTER
-            if not self._down:
-                self._down, self._full = True, False
-                self._stats.store_outages += 1
-                log.warning("query cache: Redis slow (a call took %.2f s); queries go to the data sources", took)
-            return result
-        if self._down and (write or not self._full):
-            self._down = self._full = False
+            self._enter("slow", f"a call took {took:.2f} s")
+        elif self._state is not None and (write or self._state != "full"):
+            self._state = None
             log.warning("query cache: Redis available again")
         return result
 
