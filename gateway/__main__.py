@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -150,6 +151,10 @@ async def _serve(config: Config, sock: socket.socket | None, peers: str | None) 
             except OSError as error:
                 raise CannotListen(f"{config.server.http_addr or '*'}:{config.server.http_port}: {error}") from None
             log.info("serving (pid %d)", os.getpid())
+            # what startup made (modules, the app, its config and clients) lives as long as the worker: out of
+            # the cyclic GC's sight, a full collection scans only what requests made (~33 -> ~4 ms each here)
+            gc.collect()
+            gc.freeze()
             await _drain(runner, await signalled, budget)
     finally:
         if signalled.done():
