@@ -239,7 +239,9 @@ async def test_file_access_hidden_by_comments_or_quoting_is_refused(client, tmp_
                 f"SELECT 1 INTO-- x\nDUMPFILE '{target}3'", f"SELECT 1 /*!INTO*/ OUTFILE '{target}4'",
                 f"SELECT 1 /*!50000INTO*/ OUTFILE '{target}5'",
                 "SELECT LOAD_FILE/**/('/etc/hostname')", "SELECT `LOAD_FILE`('/etc/hostname')",
-                "SELECT LOAD_FILE#\n('/etc/hostname')"]
+                "SELECT LOAD_FILE#\n('/etc/hostname')",
+                # a server in NO_BACKSLASH_ESCAPES mode ends the first string at its backslash
+                f"SELECT '\\' INTO OUTFILE '{target}6' -- '"]
     status, body = await query(client, *({"refId": f"F{n}", "format": "table", "rawSql": sql}
                                          for n, sql in enumerate(attempts)))
     assert status == 400

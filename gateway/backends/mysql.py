@@ -115,12 +115,16 @@ _FILES = re.compile(r"\bload_file\s*\(|\binto\s+(outfile|dumpfile)\b", re.IGNORE
 _LEADING_COMMENT = re.compile(r"\s*(/\*(?![!M]).*?\*/|(--\s|#)[^\n]*(\n|$))", re.DOTALL)
 
 
-# what MySQL reads as a separator (comments) or a word (quoted identifiers), so that the file check sees its words
-_TOKENS = re.compile(r"'(?:[^'\\]|\\.|'')*'?|\"(?:[^\"\\]|\\.|\"\")*\"?|`(?:[^`]|``)*`?"
-                     r"|/\*M?!\d*|\*/|/\*.*?(?:\*/|$)|(?:--\s|#)[^\n]*", re.DOTALL)
+# what MySQL reads as a separator (comments) or a word (quoted identifiers), so that the file check sees its words;
+# strings read with backslash escapes (the default) and without (a server in NO_BACKSLASH_ESCAPES mode)
+_COMMENTS_AND_NAMES = r"|`(?:[^`]|``)*`?|/\*M?!\d*|\*/|/\*.*?(?:\*/|$)|(?:--\s|#)[^\n]*"
+_TOKENS = (
+    re.compile(r"'(?:[^'\\]|\\.|'')*'?|\"(?:[^\"\\]|\\.|\"\")*\"?" + _COMMENTS_AND_NAMES, re.DOTALL),
+    re.compile(r"'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?" + _COMMENTS_AND_NAMES, re.DOTALL),
+)
 
 
-def _words(sql: str) -> str:
+def _words(sql: str, tokens: re.Pattern[str]) -> str:
     """The statement as MySQL reads it, for the file check: comments become spaces, the code of executable
     comments stays, quoted identifiers lose their quotes (double quotes too: they quote identifiers under
     ANSI_QUOTES) and strings are emptied."""
@@ -132,7 +136,13 @@ def _words(sql: str) -> str:
             return "''"
         return " "
 
-    return _TOKENS.sub(word, sql)
+    return tokens.sub(word, sql)
+
+
+def _reads_files(sql: str) -> bool:
+    """Whether the statement reads or writes files, as a server in either string mode would read it (a query
+    that only mentions `into outfile` in a string holding an escaped quote is refused too)."""
+    return any(_FILES.search(_words(sql, tokens)) for tokens in _TOKENS)
 
 
 def _without_leading_comments(sql: str) -> str:
@@ -192,7 +202,7 @@ async def run_query(ctx: Context, query: DataQuery, raw_sql: str, fmt: str) -> D
     """One query: interpolate, run, shape; every failure is an error on its refId with the executed SQL."""
     engine = MySQLMacros(query)
     try:
-        if _FILES.search(_words(raw_sql)) or not _READS.match(_without_leading_comments(raw_sql)):
+        if _reads_files(raw_sql) or not _READS.match(_without_leading_comments(raw_sql)):
             raise MacroError("invalid query - only SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, TABLE and VALUES "
                              "statements run, without file access")
         executed = engine.expand(interpolate_globals(raw_sql, query))
