@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
@@ -130,14 +131,14 @@ _ROUNDING = (
     (16_200_000, 10_800_000), (32_400_000, 21_600_000), (86_400_000, 43_200_000), (172_800_000, 86_400_000),
     (604_800_000, 86_400_000), (1_814_400_000, 604_800_000),
 )
+_LIMITS = [limit for limit, _ in _ROUNDING]
 _YEAR_MS = 365 * 86_400_000
 
 
 def round_interval(ms: float) -> float:
     """gtime.RoundInterval: a raw interval in ms to a "nice" one (spec-query §3.1)."""
-    for limit, nice in _ROUNDING:
-        if ms <= limit:
-            return float(nice)
+    if ms <= _LIMITS[-1]:
+        return float(_ROUNDING[bisect_left(_LIMITS, ms)][1])  # the nice value of the first limit >= ms
     return 30 * 86_400_000.0 if ms < 2 * _YEAR_MS else float(_YEAR_MS)
 
 

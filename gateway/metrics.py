@@ -279,9 +279,14 @@ class Metrics:
         if not self.enabled:
             return
         source = "downstream" if downstream else "plugin"
-        self.plugin_requests.labels(plugin_id, endpoint, status, PLUGIN_TARGET, source).inc()
-        self.plugin_duration.labels("grafana-backend", plugin_id, endpoint, status, PLUGIN_TARGET,
-                                    source).observe(seconds)
+        key = ("plugin", plugin_id, endpoint, status, source)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.plugin_requests.labels(plugin_id, endpoint, status, PLUGIN_TARGET, source),
+                self.plugin_duration.labels("grafana-backend", plugin_id, endpoint, status, PLUGIN_TARGET, source))
+        children[0].inc()
+        children[1].observe(seconds)
         self.call(ds, endpoint, status, seconds)
 
     def request(self, handler: str, status: int, method: str, seconds: float, proxied: bool) -> None:
