@@ -323,4 +323,25 @@ def encode_msgpack(results: Mapping[str, DataResponse]) -> bytes:
                     frame.ref_id = ref_id
             entry["frames"] = [_plain(frame) for frame in response.frames]
         body[ref_id] = entry
-    return _msgpack.encode({"results": body})
+    try:
+        return _msgpack.encode({"results": body})
+    except OverflowError:  # an integer MessagePack cannot hold: a float, as Go decoded that JSON number
+        return _msgpack.encode({"results": _floats_for_huge_ints(body)})
+
+
+def _floats_for_huge_ints(value: Any) -> Any:
+    """`value` with every int outside int64 and uint64 made a float (iteratively: values may nest deeply)."""
+    top = [value]
+    stack: list[tuple[Any, Any]] = [(top, 0)]
+    while stack:
+        holder, key = stack.pop()
+        item = holder[key]
+        if isinstance(item, int) and not isinstance(item, bool) and not -(2**63) <= item < 2**64:
+            holder[key] = float(item) if abs(item) < 2**1023 else math.inf if item > 0 else -math.inf
+        elif isinstance(item, dict):
+            item = holder[key] = dict(item)
+            stack.extend((item, name) for name in item)
+        elif isinstance(item, list | tuple):
+            item = holder[key] = list(item)
+            stack.extend((item, index) for index in range(len(item)))
+    return top[0]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import gc
 import socket
+import types
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -341,6 +343,20 @@ async def test_a_gzip_bomb_from_a_resource_is_a_502(client, aiohttp_server):
     await add(client, name="p", uid="p", type="prometheus", url=f"http://127.0.0.1:{server.port}")
     response = await client.get("/api/datasources/uid/p/resources/api/v1/labels", headers=ADMIN)
     assert response.status == 502 and (await response.json())["message"].startswith("Bad Gateway")
+    # the failed call leaves no reference cycle behind, that would hold its frames (and the up to 256 MiB it
+    # decoded) until a full collection
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        response = await client.get("/api/datasources/uid/p/resources/api/v1/labels", headers=ADMIN)
+        assert response.status == 502
+        gc.collect()
+        frames = [item for item in gc.garbage if isinstance(item, types.FrameType)
+                  and item.f_code.co_filename.endswith(("client.py", "pool.py"))]
+        assert frames == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
 
 
 async def test_postgres_data_sources_get_their_own_bounded_pool_closed_on_change(client, database_url):

@@ -19,6 +19,7 @@ from gateway.frames import (
     encode_frames,
     encode_json,
     encode_msgpack,
+    meta,
 )
 
 GOLDEN = Path(__file__).resolve().parent.parent.parent / "shared" / "golden"
@@ -145,6 +146,15 @@ def test_msgpack_carries_the_same_structure():
             return {key: nulls(item) for key, item in value.items()}
         return value
     assert nulls(as_msgpack) == as_json
+
+
+def test_msgpack_writes_integers_past_64_bits_as_floats_as_go_read_them():
+    frame = Frame([Field("v", "json.RawMessage", [msgspec.Raw(b'{"n":123456789012345678901234567890}')])],
+                  meta=meta(custom={"big": -(2**63) - 1, "huge": [10**400], "fine": 2**64 - 1}))
+    decoded = msgspec.msgpack.decode(encode_msgpack({"A": DataResponse([frame])}))
+    wire = decoded["results"]["A"]["frames"][0]
+    assert wire["data"]["values"] == [[{"n": 1.2345678901234568e29}]]
+    assert wire["schema"]["meta"]["custom"] == {"big": -9.223372036854776e18, "huge": [math.inf], "fine": 2**64 - 1}
 
 
 def test_fields_of_different_lengths_are_refused():

@@ -152,6 +152,21 @@ def test_null_model_fields_read_as_their_defaults_and_wrong_types_are_refused():
         plan(_query({"expr": 5}), SETTINGS)
 
 
+def test_integers_past_an_int64_are_refused_as_go_refuses_them():
+    for field in ("intervalFactor", "utcOffsetSec"):
+        for number in (2**63, -(2**63) - 1, 10**400):
+            with pytest.raises(ValueError, match=r"^error unmarshaling query: "):
+                plan(_query({"expr": "up", field: number}), SETTINGS)
+    assert plan(_query({"expr": "up", "utcOffsetSec": 2**63 - 1}), SETTINGS).query.utc_offset_sec == 2**63 - 1
+
+
+def test_deeply_nested_answers_are_a_502_not_a_crash():
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for body in (b'{"status":"success","data":{"resultType":"vector","result":[],"stats":' + deep + b"}}", deep):
+        response = read_result(body)
+        assert response.status == 502 and response.error_source == "downstream"
+
+
 def test_a_scrape_interval_that_is_not_a_duration_fails_each_query():
     broken = Settings.from_options({"timeInterval": "often"})
     with pytest.raises(ValueError):

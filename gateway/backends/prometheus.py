@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Sequence
 from operator import itemgetter
-from typing import Any, cast
+from typing import Annotated, Any, cast
 from urllib.parse import unquote
 
 import msgspec
@@ -140,6 +140,9 @@ def _describe(error: UpstreamError) -> str:
 
 # -- the query model and the data source's settings (spec-query §12.1) -----------------------------------
 
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]  # Go's int64: a larger number is refused
+
+
 class PromQuery(msgspec.Struct, rename="camel", kw_only=True):
     """The part of a Prometheus query model the backend reads; the rest (format, editorMode, ...) is the
     frontend's."""
@@ -150,8 +153,8 @@ class PromQuery(msgspec.Struct, rename="camel", kw_only=True):
     exemplar: bool = False
     legend_format: str = ""
     interval: str = ""
-    interval_factor: int = 1
-    utc_offset_sec: int = 0
+    interval_factor: Int64 = 1
+    utc_offset_sec: Int64 = 0
 
 
 _decode_query = msgspec.json.Decoder(PromQuery).decode
@@ -444,7 +447,7 @@ def _status_error(status: int, body: bytes) -> DataResponse:
     """A non-2xx answer: Prometheus' own error body as `<errorType>: <error>`, anything else quoted."""
     try:
         parsed = msgspec.json.decode(body, type=_ErrorBody)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         parsed = _ErrorBody()
     if parsed.status == "error":
         text = f"{parsed.error_type}: {parsed.error}"
@@ -585,7 +588,7 @@ def _read_result(body: bytes) -> DataResponse:
     try:
         parsed: _Body | list[Frame] = _decode_body(body.replace(b',"+Inf"]', b',"Inf"]') if b'"+Inf"' in body
                                                    else body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         try:
             parsed = _exact(body)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError, KeyError, IndexError,

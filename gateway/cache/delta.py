@@ -11,6 +11,7 @@ import bisect
 import math
 from collections.abc import Iterable
 from itertools import pairwise
+from operator import lt
 
 import msgspec
 
@@ -70,7 +71,7 @@ def eligible(ctx: Context, query: DataQuery) -> Delta | None:
         return None
     try:
         prepared = plan(query, settings)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return None
     if not prepared.query.range or prepared.query.instant or prepared.query.exemplar or "@" in prepared.expr:
         return None
@@ -79,16 +80,24 @@ def eligible(ctx: Context, query: DataQuery) -> Delta | None:
     return Delta(settings, prepared)
 
 
-def _series(frames: Iterable[Frame]) -> list[Series] | None:
-    """The converter's frames as series, or None when any frame is more than a plain matrix series."""
+def _series(frames: Iterable[Frame], low: int, high: int) -> list[Series] | None:
+    """The converter's frames as series, or None when any frame is more than a plain matrix series that a merge
+    reproduces exactly: labelled (not `metric: null`), each series' times strictly increasing within the
+    range asked for [low, high], no series empty, and the series sorted by their labels without duplicates,
+    as Prometheus answers."""
     found = []
     for frame in frames:
         custom = frame.meta.custom if frame.meta is not None else None
         if (len(frame.fields) != 2 or not isinstance(custom, dict) or custom != {"resultType": "matrix"}
                 or frame.meta is None or frame.meta.notices or frame.meta.stats):
             return None
-        labels = frame.fields[1].labels or {}
-        found.append(Series(tuple(labels.items()), frame.fields[0].values, frame.fields[1].values))
+        labels = frame.fields[1].labels
+        times = frame.fields[0].values
+        if labels is None or not times or times[0] < low or times[-1] > high or not all(map(lt, times, times[1:])):
+            return None
+        found.append(Series(tuple(labels.items()), times, frame.fields[1].values))
+    if any(a.labels >= b.labels for a, b in pairwise(found)):
+        return None  # an upstream that does not sort its series as Prometheus does, or repeats one
     return found
 
 
@@ -120,9 +129,7 @@ async def run(ctx: Context, delta: Delta, cached: Extent | None, now_ms: int, to
         result, body = await fetch_range(ctx, delta.settings,
                                          msgspec.structs.replace(prepared, start_ms=float(low), end_ms=float(high)))
         size += body
-        series = None if result.error is not None else _series(result.frames or ())
-        if series is not None and any(a.labels > b.labels for a, b in pairwise(series)):
-            series = None  # an upstream that does not sort its series as Prometheus does: its order is kept
+        series = None if result.error is not None else _series(result.frames or (), low, high)
         if series is None:
             if (low, high) == (start, end):
                 return finish(result, prepared), None, size

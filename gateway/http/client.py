@@ -309,15 +309,20 @@ class DataSourceClient:
     def _fail(self, method: str, started: float, error: BaseException, streamed: bool) -> NoReturn:
         """Report a failed call and raise it on; the whole fetch's deadline becomes an UpstreamTimeout, so
         that `errors.translate` (the middleware, the query path) maps every failure the same way."""
-        observer = self._clients.observer
-        if observer is not None:
-            observer.end(self.ds, method, type(error).__name__, time.monotonic() - started, streamed)
-        if not isinstance(error, asyncio.CancelledError):
-            if isinstance(error, UpstreamError):
-                log.warning("call to data source %s failed: %s", self.ds.uid, type(error).__name__)
-            if isinstance(error, TimeoutError):
-                raise UpstreamTimeout("the data source did not answer within its timeout") from None
-        raise error
+        try:
+            observer = self._clients.observer
+            if observer is not None:
+                observer.end(self.ds, method, type(error).__name__, time.monotonic() - started, streamed)
+            if not isinstance(error, asyncio.CancelledError):
+                if isinstance(error, UpstreamError):
+                    log.warning("call to data source %s failed: %s", self.ds.uid, type(error).__name__)
+                if isinstance(error, TimeoutError):
+                    raise UpstreamTimeout("the data source did not answer within its timeout") from None
+            raise error
+        finally:
+            # the raised error's traceback holds this frame: without its `error`, no cycle keeps the failed
+            # call's frames (and a body of up to the response limit) alive until a full collection
+            del error
 
     async def websocket(self, path: str, query: str, headers: Sequence[tuple[str, str]], protocols: Sequence[str],
                         role: str | None, authorization: str | None) -> aiohttp.ClientWebSocketResponse:
@@ -364,6 +369,7 @@ def _decoded(status: int, headers: list[tuple[str, str]], body: bytes, limit: in
     except zlib.error:
         raise UpstreamProtocolError("the upstream's gzip body does not decode") from None
     if inflater.unconsumed_tail:
+        del plain  # not held by the error's traceback
         raise UpstreamProtocolError(f"decoded upstream response body exceeds {limit} bytes")
     if not inflater.eof:
         raise UpstreamProtocolError("the upstream's gzip body ends early")
