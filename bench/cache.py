@@ -11,10 +11,11 @@ the calls and bytes it sends. Four runs, side by side:
   redis+delta  the same, with delta fetches for the range queries ([caching] delta = true)
 
 For each: backend calls, backend bytes, p50/p99 latency of the panel requests, and the p50 of answers served
-from the cache (a last pass over the newest refresh, every answer already cached). Aims: backend calls
-<= 1/20 of `off` (redis), a hit's added latency <= 2 ms at p50 (hit p50 minus the p50 of `off` less the
-upstream's 100 ms), and delta fetches moving <= 5 % of the bytes of full refreshes once warm (rounds after
-the first, redis+delta over redis).
+from the cache (last passes over the newest refresh, every answer already cached: one at the storm's pace,
+one back to back). Aims: backend calls <= 1/20 of `off` (redis), a hit's added latency <= 2 ms at p50 (the
+paced hits' p50 minus the p50 of `off` less the upstream's 100 ms: both measured under the same load), and
+delta fetches moving <= 5 % of the bytes of full refreshes once warm (rounds after the first, redis+delta
+over redis).
 
 Simulated time: the refreshes are sent back to back with absolute ranges that end 10 s apart, all more than
 `backfill_tolerance` in the past, so the steps a live dashboard always fetches again (the newest 30 s by
@@ -133,7 +134,8 @@ class Result:
     bytes: int
     first_round_bytes: int
     latencies: list[float]
-    hits: list[float]
+    hits: list[float]  # the last pass's hits, sent at the storm's pace
+    hits_back_to_back: list[float]  # the same hits again, each client sending as fast as it can
     headers: dict[str, int] = field(default_factory=dict)
 
     def p(self, q: float, values: list[float] | None = None) -> float:
@@ -165,21 +167,26 @@ def stub_stats(stub: str) -> dict[str, int]:
 
 
 async def storm(replicas: list[str], clients: int, panels: int, rounds: int, end_s: int,
-                stub: str) -> tuple[list[float], list[float], dict[str, int], dict[str, int], dict[str, int]]:
+                stub: str) -> tuple[list[float], list[float], list[float], dict[str, int], dict[str, int],
+                                    dict[str, int]]:
     """Every client refreshes its dashboard `rounds` times (one request per panel, in order), then shows the
-    last one again (answers already cached: the latencies of plain hits, not of waits for a call in flight).
-    Returns the storm's latencies, the hits' latencies of the last pass, the storm's X-Cache counts and the
-    backend counters of the first round and of the later ones."""
+    last one again, twice (answers already cached: the latencies of plain hits, not of waits for a call in
+    flight): first at the storm's pace (a client's next request no sooner than UPSTREAM_DELAY_MS after its last
+    began, as each storm request took that long), so the replicas carry the load the `off` run measured its
+    overhead under; then back to back, each client as fast as it can, which measures the replicas saturated.
+    Returns the storm's latencies, the paced and the back-to-back hits' latencies, the storm's X-Cache counts
+    and the backend counters of the first round and of the later ones."""
     import aiohttp
 
     latencies: list[float] = []
-    hits: list[float] = []
+    paced: list[float] = []
+    back_to_back: list[float] = []
     headers: dict[str, int] = {}
     first_round: dict[str, int] = {}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, headers={"Authorization": AUTH}) as session:
 
-        async def client(index: int, until_ms: int, again: bool = False) -> None:
+        async def client(index: int, until_ms: int, hits: list[float] | None = None, pace: float = 0.0) -> None:
             base = replicas[index % len(replicas)]
             for panel in range(panels):
                 body = {"from": str(until_ms - WINDOW_S * 1000), "to": str(until_ms), "queries": [panel_query(panel)]}
@@ -190,9 +197,10 @@ async def storm(replicas: list[str], clients: int, panels: int, rounds: int, end
                         raise BenchError(f"/api/ds/query answered HTTP {response.status}")
                     seconds = time.perf_counter() - began
                     cache = response.headers.get("X-Cache", "none")
-                if again:
+                if hits is not None:
                     if cache == "HIT":
                         hits.append(seconds)
+                    await asyncio.sleep(pace - seconds)
                     continue
                 latencies.append(seconds)
                 headers[cache] = headers.get(cache, 0) + 1
@@ -203,9 +211,11 @@ async def storm(replicas: list[str], clients: int, panels: int, rounds: int, end
             if round_ == 0:
                 first_round = stub_stats(stub)
         later = stub_stats(stub)
-        await asyncio.gather(*(client(index, end_s * 1000, again=True) for index in range(clients)))
-        stub_stats(stub)  # the last pass is not part of the storm
-    return latencies, hits, headers, first_round, later
+        await asyncio.gather(*(client(index, end_s * 1000, paced, UPSTREAM_DELAY_MS / 1000)
+                               for index in range(clients)))
+        await asyncio.gather(*(client(index, end_s * 1000, back_to_back) for index in range(clients)))
+        stub_stats(stub)  # the last passes are not part of the storm
+    return latencies, paced, back_to_back, headers, first_round, later
 
 
 def start_replica(tmp: Path, database_url: str, name: str, env: dict[str, str]) -> tuple[Service, str]:
@@ -226,10 +236,10 @@ def run_scenario(args: argparse.Namespace, tmp: Path, database_url: str, stub: s
             services.append(service)
             urls.append(url)
         stub_stats(stub)  # reset
-        latencies, hits, headers, first, counted = asyncio.run(
+        latencies, hits, back_to_back, headers, first, counted = asyncio.run(
             storm(urls, args.clients, args.panels, args.rounds, end_s, stub))
         return Result(name, counted["calls"] + first["calls"], counted["bytes"] + first["bytes"], first["bytes"],
-                      latencies, hits, headers)
+                      latencies, hits, back_to_back, headers)
     finally:
         for service in services:
             service.stop(grace=5)
@@ -239,12 +249,14 @@ def report(header: list[str], results: dict[str, Result], args: argparse.Namespa
     off = results["off"]
     overhead = off.p(0.5) - UPSTREAM_DELAY_MS  # gateway's own p50 cost around the upstream's 100 ms
     lines = [*header, "",
-             "| run | backend calls | backend MB | calls / off | p50 ms | p99 ms | cached hit p50 ms | X-Cache |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| run | backend calls | backend MB | calls / off | p50 ms | p99 ms | hit p50 ms, storm pace"
+             " | hit p50 ms, back to back | X-Cache |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for result in results.values():
         hit = result.p(0.5, result.hits) if result.hits else float("nan")
+        saturated = result.p(0.5, result.hits_back_to_back) if result.hits_back_to_back else float("nan")
         lines.append(f"| {result.name} | {result.calls:,} | {result.bytes / 1e6:.2f} | {result.calls / off.calls:.3f} |"
-                     f" {result.p(0.5):.1f} | {result.p(0.99):.1f} | {hit:.2f} |"
+                     f" {result.p(0.5):.1f} | {result.p(0.99):.1f} | {hit:.2f} | {saturated:.2f} |"
                      f" {', '.join(f'{k} {v}' for k, v in sorted(result.headers.items()))} |")
     redis, delta = results["redis"], results["redis+delta"]
     warm_full = redis.bytes - redis.first_round_bytes
@@ -254,7 +266,8 @@ def report(header: list[str], results: dict[str, Result], args: argparse.Namespa
     lines += ["", "| aim | value | target | |", "|---|---:|---:|---|",
               f"| backend calls, redis / off | {redis.calls / off.calls:.3f} | <= 0.050 |"
               f" {'met' if redis.calls / off.calls <= 0.05 else 'missed'} |",
-              f"| a hit's added p50 latency (hit p50 - (off p50 - {UPSTREAM_DELAY_MS} ms)) | {hit_added:.2f} ms |"
+              f"| a hit's added p50 latency (hit p50 at the storm's pace - (off p50 - {UPSTREAM_DELAY_MS} ms))"
+              f" | {hit_added:.2f} ms |"
               f" <= 2 ms | {'met' if hit_added <= 2 else 'missed'} |",
               f"| backend bytes once warm, redis+delta / redis | {ratio:.3f} | <= 0.050 |"
               f" {'met' if ratio <= 0.05 else 'missed'} |", ""]
