@@ -9,7 +9,7 @@ the rows of non-finite floats, and that only after a C-level sum says there are 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from operator import is_not
 from typing import Any
@@ -143,9 +143,10 @@ class Frame:
 class DataResponse:
     """The result of one refId: frames, or an error with its status and source.
 
-    A response may instead hold its frames already encoded (`encoded`, the JSON array encode_frames wrote, as
-    the query cache keeps them): the JSON writer copies those bytes, and the frames are decoded only when
-    something reads `frames`, which then drops the bytes, so frames changed afterwards are written anew.
+    A response may hold its frames already encoded (`encoded`, the JSON array encode_frames wrote, as the query
+    cache keeps them), instead of or besides the frames themselves: the JSON writer copies those bytes, and
+    reading `frames` (decoded from the bytes when there are no frames) drops them, so frames changed afterwards
+    are written anew.
     """
 
     __slots__ = ("_frames", "encoded", "error", "error_source", "status")
@@ -153,16 +154,17 @@ class DataResponse:
     def __init__(self, frames: list[Frame] | None = None, *, error: str | None = None, status: int = 0,
                  error_source: str = "", encoded: bytes | None = None) -> None:
         self._frames = frames
-        self.encoded = encoded if frames is None else None
+        self.encoded = encoded
         self.error = error
         self.error_source = error_source
         self.status = status or (500 if error is not None else 200)
 
     @property
     def frames(self) -> list[Frame] | None:
-        """The frames (decoded from `encoded` on first read, which then drops the bytes)."""
-        if self._frames is None and self.encoded is not None:
-            self._frames = decode_frames(self.encoded)
+        """The frames; reading them drops `encoded` (decoding it first when there are no frames)."""
+        if self.encoded is not None:
+            if self._frames is None:
+                self._frames = decode_frames(self.encoded)
             self.encoded = None
         return self._frames
 
@@ -289,10 +291,10 @@ def encode_json(results: Mapping[str, DataResponse]) -> bytes:
     return b"".join(json_chunks(results))
 
 
-def _plain(frame: Frame) -> Any:
-    """A frame as plain values (RawMessage values decoded), for MessagePack."""
+def _plain(frame: Frame, raw: Callable[[Any], Any]) -> Any:
+    """A frame as plain values (RawMessage values as `raw` reads them), for MessagePack."""
     fields = [
-        Field(field.name, field.item_type, [_decoded(value) for value in field.values], nullable=field.nullable,
+        Field(field.name, field.item_type, [raw(value) for value in field.values], nullable=field.nullable,
               labels=field.labels, config=field.config, nanos=field.nanos)
         if field.item_type == "json.RawMessage" else field
         for field in frame.fields
@@ -301,7 +303,19 @@ def _plain(frame: Frame) -> Any:
 
 
 def _decoded(value: Any) -> Any:
-    return msgspec.json.decode(value) if isinstance(value, msgspec.Raw | bytes) else value
+    """A RawMessage cell as its value; one that JSON holds but Python cannot (1e400, a lone surrogate, nesting
+    deeper than the interpreter's recursion) as its JSON text."""
+    if not isinstance(value, msgspec.Raw | bytes):
+        return value
+    try:
+        return msgspec.json.decode(value)
+    except (msgspec.DecodeError, RecursionError):
+        return _text(value)
+
+
+def _text(value: Any) -> Any:
+    """A RawMessage cell as its JSON text."""
+    return bytes(value).decode("utf-8", "replace") if isinstance(value, msgspec.Raw | bytes) else value
 
 
 _msgpack = msgspec.msgpack.Encoder()
@@ -321,12 +335,18 @@ def encode_msgpack(results: Mapping[str, DataResponse]) -> bytes:
             for frame in response.frames:
                 if not frame.ref_id:
                     frame.ref_id = ref_id
-            entry["frames"] = [_plain(frame) for frame in response.frames]
+            entry["frames"] = [_plain(frame, _decoded) for frame in response.frames]
         body[ref_id] = entry
     try:
         return _msgpack.encode({"results": body})
-    except OverflowError:  # an integer MessagePack cannot hold: a float, as Go decoded that JSON number
+    except OverflowError:  # an integer MessagePack cannot hold: a float (Go reads such a JSON number as a
+        # float64), ±Inf past a float's range (where Go's reading fails)
         return _msgpack.encode({"results": _floats_for_huge_ints(body)})
+    except RecursionError:  # a RawMessage cell nested too deep to write as values: as its JSON text
+        for ref_id, entry in body.items():
+            if "frames" in entry:
+                entry["frames"] = [_plain(frame, _text) for frame in results[ref_id].frames or ()]
+        return _msgpack.encode({"results": body})
 
 
 def _floats_for_huge_ints(value: Any) -> Any:

@@ -294,23 +294,24 @@ def test_answers_round_trip_through_the_codec():
                                       executed_query_string="q"))
     answer = DataResponse([frame])
     body, packed = encode_json({"A": answer}), encode_msgpack({"A": answer})
-    value, keep = codec.encode(answer, "A", 1 << 20)
+    value, keep, _ = codec.encode(answer, "A", 1 << 20)
+    assert value is not None
     kept = codec.decode(value, 1 << 20)
     assert keep and kept.encoded is not None and encode_json({"A": kept}) == body  # a hit writes the kept bytes
     read = codec.decode(value, 1 << 20)
     assert read.frames is not None and read.encoded is None  # frames read: decoded, the bytes dropped
     assert encode_json({"A": read}) == body and encode_msgpack({"A": read}) == packed
-    assert codec.decode(codec.encode(DataResponse(), "A", 1)[0], 1).frames is None
+    assert codec.decode(codec.encode(DataResponse(), "A", 1).value or b"", 1).frames is None
 
 
 def test_kept_answers_are_compressed_and_bounded_by_their_json():
     times = list(range(1_700_000_000_000, 1_700_003_600_000, 15_000))
     answer = DataResponse([Frame([Field("Time", "time.Time", times), Field("v", "float64", [1.5] * len(times))])])
     body = encode_json({"A": answer})
-    value, keep = codec.encode(answer, "A", len(body))
-    assert keep and len(value) * 5 < len(body)
-    large, keep = codec.encode(answer, "A", 1000)  # JSON past the largest kept value: shared as it is, not kept
-    assert not keep and encode_json({"A": codec.decode(large, 1000)}) == body
+    value, keep, _ = codec.encode(answer, "A", len(body))
+    assert value is not None and keep and len(value) * 5 < len(body)
+    large, keep, _ = codec.encode(answer, "A", 1000)  # JSON past the largest kept value: shared as it is, not kept
+    assert large is not None and not keep and encode_json({"A": codec.decode(large, 1000)}) == body
     with pytest.raises(ValueError, match="size limit"):
         codec.decode(value, 1000)  # a kept value that would expand past the limit
     stored = msgspec.msgpack.decode(value)
@@ -321,6 +322,13 @@ def test_kept_answers_are_compressed_and_bounded_by_their_json():
         codec.decode(msgspec.msgpack.encode([codec.VERSION + 1, *stored[1:]]), 1 << 20)  # another version's JSON
     with pytest.raises(ValueError):
         codec.decode(msgspec.msgpack.encode([None, 200]), 1 << 20)  # the layout of an older version
+
+
+def test_answers_whose_json_cells_python_cannot_read_back_are_not_kept():
+    for cell in (b"[" * 5000 + b"]" * 5000, b"1e400", b'"\\ud800"'):
+        answer = DataResponse([Frame([Field("j", "json.RawMessage", [msgspec.Raw(cell)])])])
+        encoded = codec.encode(answer, "A", 1 << 20)
+        assert (encoded.value, encoded.keep) == (None, False) and encoded.text is not None and cell in encoded.text
 
 
 async def test_the_memory_store_is_an_lru_bounded_by_bytes():
@@ -632,6 +640,31 @@ def full_redis() -> Iterator[str]:
         process.wait(5)
 
 
+async def test_a_busy_worker_is_not_a_slow_redis_and_a_call_from_before_a_pause_does_not_end_it(caplog, prefix):
+    stats = CacheStats()
+    store = RedisStore("redis://127.0.0.1:6379/0", prefix, 0.25, "a secret key", stats)
+    try:
+        await store.get("warm")  # the connection made
+        call = asyncio.ensure_future(store.get("k"))
+        await asyncio.sleep(0)  # sent
+        began = time.thread_time()
+        while time.thread_time() - began < 0.2:  # the worker's thread computing (a large answer, say)
+            pass
+        await call
+        assert stats.store_outages == 0 and await store.get("k") is None
+        first = asyncio.ensure_future(store.get("k"))
+        await asyncio.sleep(0)
+        time.sleep(0.2)  # not computing: to the store, Redis took this long
+        second = asyncio.ensure_future(store.get("k"))  # begun before the first's answer is read
+        await asyncio.gather(first, second)  # the first: slow; the second, fast, does not end the pause
+        with pytest.raises(StoreError):
+            await store.get("k")
+    finally:
+        await store.close()
+    lines = [record.getMessage() for record in caplog.records if record.name == "gateway.cache"]
+    assert len(lines) == 1 and "Redis slow" in lines[0] and stats.store_outages == 1
+
+
 async def test_each_change_of_redis_state_is_logged_once(full_redis, caplog):
     stats = CacheStats()
     store = RedisStore(full_redis, "states:", 0.5, "a secret key", stats)
@@ -737,6 +770,8 @@ class Odd(Counting):
             result = [series, {"metric": {"__name__": "n"}, "values": []}]
         elif shape == "unlabelled":
             result = [{**series, "metric": None}]
+        elif shape == "offgrid":  # a second after each step (within the range): between two steps
+            result = [{**series, "values": [[t + 1, str(t)] for t in times[:-1]]}]
         else:
             result = [{**series, "values": list(reversed(series["values"]))}]  # times going backwards
         return web.json_response({"status": "success", "data": {"resultType": "matrix", "result": result}})
@@ -747,8 +782,8 @@ async def test_delta_answers_of_odd_upstreams_equal_their_uncached_answers(aioht
     client = await start(aiohttp_client, aiohttp_server, caching(database_url))
     await add(client, "p", "prometheus", url=await counting(aiohttp_server, Odd()))
     settled = (int(time.time()) - 3600) * 1000
-    for shape in ("duplicate", "outside", "empty", "unlabelled", "backwards"):
-        for shift in (0, 10_000, 20_000):  # a miss, then windows that a cached extent would serve in part
+    for shape in ("duplicate", "outside", "empty", "unlabelled", "offgrid", "backwards"):
+        for shift in (0, 10_000, 20_000, 35_000):  # a miss, then windows that a cached extent would serve in part
             window = {"from": str(settled - 300_000 + shift), "to": str(settled + shift)}
             cached = await post(client, {"queries": [_range(expr=shape)], **window})
             full = await post(client, {"queries": [_range(expr=shape)], **window}, {**ADMIN, "X-Cache-Skip": "1"})

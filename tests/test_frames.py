@@ -157,6 +157,23 @@ def test_msgpack_writes_integers_past_64_bits_as_floats_as_go_read_them():
     assert wire["schema"]["meta"]["custom"] == {"big": -9.223372036854776e18, "huge": [math.inf], "fine": 2**64 - 1}
 
 
+def test_msgpack_writes_json_cells_python_cannot_hold_as_their_text():
+    cells = [b"[" * 5000 + b"]" * 5000, b"1e400", b'"\\ud800"', b'{"a":[1]}']
+    frame = Frame([Field("j", "json.RawMessage", [msgspec.Raw(cell) for cell in cells])])
+    decoded = msgspec.msgpack.decode(encode_msgpack({"A": DataResponse([frame])}))
+    assert decoded["results"]["A"]["frames"][0]["data"]["values"] == [[cell.decode() for cell in cells[:3]] + [
+        {"a": [1]}]]
+
+
+def test_a_response_writes_its_encoded_frames_until_they_are_read():
+    frame = Frame([Field("v", "float64", [1.5])])
+    encoded = encode_frames([frame], "A")
+    response = DataResponse([frame], encoded=encoded.replace(b"1.5", b"2.5"))  # the bytes win while untouched
+    assert b"2.5" in encode_json({"A": response})
+    response.frames[0].fields[0].values[0] = 3.5  # read (and changed): the frames are written
+    assert response.encoded is None and b"3.5" in encode_json({"A": response})
+
+
 def test_fields_of_different_lengths_are_refused():
     with pytest.raises(ValueError):
         encode_frame(Frame([Field("a", "int64", [1]), Field("b", "int64", [1, 2])]))

@@ -241,7 +241,12 @@ async def test_file_access_hidden_by_comments_or_quoting_is_refused(client, tmp_
                 "SELECT LOAD_FILE/**/('/etc/hostname')", "SELECT `LOAD_FILE`('/etc/hostname')",
                 "SELECT LOAD_FILE#\n('/etc/hostname')",
                 # a server in NO_BACKSLASH_ESCAPES mode ends the first string at its backslash
-                f"SELECT '\\' INTO OUTFILE '{target}6' -- '"]
+                f"SELECT '\\' INTO OUTFILE '{target}6' -- '",
+                # `--` and a control character is a comment to MySQL; `--` and a Unicode space is not
+                "SELECT LOAD_FILE --\x01 '\n('/etc/hostname') -- '",
+                f"SELECT 1 --\x7f '\nINTO OUTFILE '{target}7' -- '",
+                "SELECT 1 --\u00a0 , LOAD_FILE('/etc/hostname') FROM (SELECT 1 AS `\u00a0`) t",
+                f"SELECT 1 --\u3000 FROM (SELECT 1 AS `\u3000`) t INTO OUTFILE '{target}8'"]
     status, body = await query(client, *({"refId": f"F{n}", "format": "table", "rawSql": sql}
                                          for n, sql in enumerate(attempts)))
     assert status == 400

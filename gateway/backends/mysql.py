@@ -111,13 +111,16 @@ _RESTRICTED = re.compile(r"([\s]*show[\s]+grants|[\s,]session_user\([^)]*\)|[\s,
 
 # gateway: a READ ONLY transaction does not stop SHUTDOWN, KILL, SET or file access, so a query must be a read
 _READS = re.compile(r"[\s(]*(select|with|show|desc|describe|explain|table|values)\b", re.IGNORECASE)
-_FILES = re.compile(r"\bload_file\s*\(|\binto\s+(outfile|dumpfile)\b", re.IGNORECASE)
-_LEADING_COMMENT = re.compile(r"\s*(/\*(?![!M]).*?\*/|(--\s|#)[^\n]*(\n|$))", re.DOTALL)
+_FILES = re.compile(r"\bload_file[\s\x00-\x20\x7f]*\(|\binto[\s\x00-\x20\x7f]+(outfile|dumpfile)\b", re.IGNORECASE)
+# MySQL's `--` comment needs a space or an ASCII control character after the dashes (not any Unicode space:
+# `--\u00a0` is two minus signs to the server, and what follows is code)
+_DASHES = r"--[\x00-\x20\x7f]"
+_LEADING_COMMENT = re.compile(r"\s*(/\*(?![!M]).*?\*/|(" + _DASHES + r"|#)[^\n]*(\n|$))", re.DOTALL)
 
 
 # what MySQL reads as a separator (comments) or a word (quoted identifiers), so that the file check sees its words;
 # strings read with backslash escapes (the default) and without (a server in NO_BACKSLASH_ESCAPES mode)
-_COMMENTS_AND_NAMES = r"|`(?:[^`]|``)*`?|/\*M?!\d*|\*/|/\*.*?(?:\*/|$)|(?:--\s|#)[^\n]*"
+_COMMENTS_AND_NAMES = r"|`(?:[^`]|``)*`?|/\*M?!\d*|\*/|/\*.*?(?:\*/|$)|(?:" + _DASHES + r"|#)[^\n]*"
 _TOKENS = (
     re.compile(r"'(?:[^'\\]|\\.|'')*'?|\"(?:[^\"\\]|\\.|\"\")*\"?" + _COMMENTS_AND_NAMES, re.DOTALL),
     re.compile(r"'(?:[^']|'')*'?|\"(?:[^\"]|\"\")*\"?" + _COMMENTS_AND_NAMES, re.DOTALL),

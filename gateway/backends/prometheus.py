@@ -163,7 +163,8 @@ DEFAULT_SCRAPE_MS = 15_000.0
 
 class Settings(msgspec.Struct, frozen=True):
     """jsonData as the query path reads it: method, scrape interval (and in ms, or why it cannot be read),
-    query timeout, extra URL parameters, and whether to ask for query statistics."""
+    query timeout, extra URL parameters, and whether to ask for query statistics. Made by from_options, which
+    derives the scrape fields."""
 
     method: str
     time_interval: str

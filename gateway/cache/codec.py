@@ -10,10 +10,11 @@ queries waiting in the same worker."""
 from __future__ import annotations
 
 import zlib
+from typing import NamedTuple
 
 import msgspec
 
-from gateway.frames import DataResponse, encode_frames
+from gateway.frames import DataResponse, Frame, encode_frames
 
 VERSION = 1  # of the frames' JSON as encode_frames writes it: a value of another version is a miss
 
@@ -27,17 +28,45 @@ class _Stored(msgspec.Struct, array_like=True):
 
 _encoder = msgspec.msgpack.Encoder()
 _decode = msgspec.msgpack.Decoder(_Stored).decode
+_check = msgspec.json.decode
 
 
-def encode(response: DataResponse, ref_id: str, max_value: int) -> tuple[bytes, bool]:
-    """A successful answer of `ref_id` as bytes, and whether they may be kept: its frames' JSON is at most
-    `max_value` bytes (then compressed). TypeError, ValueError or OverflowError for values JSON cannot hold."""
+class Encoded(NamedTuple):
+    """An answer made ready for the cache."""
+
+    value: bytes | None  # what identical queries waiting in the worker take; None when it cannot be read back
+    keep: bool  # whether `value` may be kept: readable, and its frames' JSON at most max_value bytes
+    text: bytes | None  # the frames' JSON, for the answer's own response
+
+
+def encode(response: DataResponse, ref_id: str, max_value: int) -> Encoded:
+    """A successful answer of `ref_id` made ready to keep (TypeError, ValueError or OverflowError for values
+    JSON cannot hold)."""
     frames = response.frames
-    text = None if frames is None else encode_frames(frames, ref_id)
-    if text is not None and len(text) > max_value:
-        return _encoder.encode(_Stored(VERSION, response.status, text, False)), False
-    packed = None if text is None else zlib.compress(text, 1)
-    return _encoder.encode(_Stored(VERSION, response.status, packed, True)), True
+    if frames is None:
+        return Encoded(_encoder.encode(_Stored(VERSION, response.status, None, True)), True, None)
+    text = encode_frames(frames, ref_id)
+    if not _readable_back(frames):
+        return Encoded(None, False, text)
+    if len(text) > max_value:
+        return Encoded(_encoder.encode(_Stored(VERSION, response.status, text, False)), False, text)
+    return Encoded(_encoder.encode(_Stored(VERSION, response.status, zlib.compress(text, 1), True)), True, text)
+
+
+def _readable_back(frames: list[Frame]) -> bool:
+    """Whether decode_frames can read the frames' JSON back: every value gateway made can be, but a RawMessage
+    cell a data source sent (a SQL json column) may hold what Python cannot (1e400, a lone surrogate, nesting
+    deeper than the interpreter's recursion)."""
+    for frame in frames:
+        for field in frame.fields:
+            if field.item_type == "json.RawMessage":
+                try:
+                    for value in field.values:
+                        if value is not None:
+                            _check(value)
+                except (msgspec.DecodeError, RecursionError):
+                    return False
+    return True
 
 
 def decode(data: bytes, max_value: int) -> DataResponse:

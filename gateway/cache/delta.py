@@ -80,11 +80,12 @@ def eligible(ctx: Context, query: DataQuery) -> Delta | None:
     return Delta(settings, prepared)
 
 
-def _series(frames: Iterable[Frame], low: int, high: int) -> list[Series] | None:
+def _series(frames: Iterable[Frame], low: int, high: int, step: int) -> list[Series] | None:
     """The converter's frames as series, or None when any frame is more than a plain matrix series that a merge
-    reproduces exactly: labelled (not `metric: null`), each series' times strictly increasing within the
-    range asked for [low, high], no series empty, and the series sorted by their labels without duplicates,
-    as Prometheus answers."""
+    reproduces exactly: labelled (not `metric: null`), each series' times strictly increasing on the steps of
+    the range asked for [low, high], no series empty, and the series sorted by their labels without
+    duplicates, as Prometheus answers."""
+    steps: set[int] | None = None
     found = []
     for frame in frames:
         custom = frame.meta.custom if frame.meta is not None else None
@@ -95,6 +96,9 @@ def _series(frames: Iterable[Frame], low: int, high: int) -> list[Series] | None
         times = frame.fields[0].values
         if labels is None or not times or times[0] < low or times[-1] > high or not all(map(lt, times, times[1:])):
             return None
+        steps = steps or set(range(low, high + 1, step))
+        if not steps.issuperset(times):
+            return None  # a sample between steps: another range's steps would not hold it
         found.append(Series(tuple(labels.items()), times, frame.fields[1].values))
     if any(a.labels >= b.labels for a, b in pairwise(found)):
         return None  # an upstream that does not sort its series as Prometheus does, or repeats one
@@ -129,7 +133,7 @@ async def run(ctx: Context, delta: Delta, cached: Extent | None, now_ms: int, to
         result, body = await fetch_range(ctx, delta.settings,
                                          msgspec.structs.replace(prepared, start_ms=float(low), end_ms=float(high)))
         size += body
-        series = None if result.error is not None else _series(result.frames or (), low, high)
+        series = None if result.error is not None else _series(result.frames or (), low, high, step)
         if series is None:
             if (low, high) == (start, end):
                 return finish(result, prepared), None, size

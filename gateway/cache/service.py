@@ -311,15 +311,16 @@ class CacheRun:
             if key is None or answer is None or answer.error is not None:
                 continue  # errors are never cached
             try:
-                value, keep = codec.encode(answer, query.ref_id, cache.max_value)
+                encoded = codec.encode(answer, query.ref_id, cache.max_value)
             except (TypeError, ValueError, OverflowError):
                 continue
             flight = cache.flights.get(key)
             if flight is not None and not flight.done():
-                flight.set_result(value)  # an answer too large to keep is still shared within the worker
-            answers[query.ref_id] = cache.answer(value)  # written as a hit is, not encoded again
-            if keep:
-                kept.append((key, value, query_ttl(query, settings, cache.config)))
+                flight.set_result(encoded.value)  # an answer too large to keep is still shared within the worker
+            # its response writes the JSON just made, unless something reads its frames first
+            answers[query.ref_id] = DataResponse(answer.frames, status=answer.status, encoded=encoded.text)
+            if encoded.keep and encoded.value is not None:
+                kept.append((key, encoded.value, query_ttl(query, settings, cache.config)))
         for (key, _, _), failed in zip(kept, await asyncio.gather(
                 *(self._set(key, value, ttl) for key, value, ttl in kept)), strict=True):
             if failed:

@@ -139,9 +139,10 @@ class RedisStore:
         self._stats = stats
 
     def _enter(self, state: str, reason: str) -> None:
-        """Leave Redis alone for RETRY_AFTER; log (and count, when it was working) a change of state."""
+        """Leave Redis alone for RETRY_AFTER; log (and count, when it was working) a change of state. A full
+        Redis stays full while it is slow: only a write that succeeds ends that."""
         self._down_until = time.monotonic() + RETRY_AFTER
-        if state == self._state:
+        if state == self._state or (state == "slow" and self._state == "full"):
             return
         if self._state is None:
             self._stats.store_outages += 1
@@ -151,7 +152,7 @@ class RedisStore:
     async def _call(self, method: str, *args: Any, write: bool = False, **kwargs: Any) -> Any:
         if self._state is not None and time.monotonic() < self._down_until:
             raise StoreError("the cache is unavailable")
-        started = time.monotonic()
+        started, busy = time.monotonic(), time.thread_time()
         try:
             async with asyncio.timeout(self._timeout):
                 result = await getattr(self._redis, method)(*args, **kwargs)
@@ -161,11 +162,13 @@ class RedisStore:
             else:
                 self._enter("unavailable", type(error).__name__)
             raise StoreError(type(error).__name__) from None
-        took = time.monotonic() - started
-        if took > self._timeout * SLOW:  # answered, but at this pace each query would wait on it several times
-            self._enter("slow", f"a call took {took:.2f} s")
-        elif self._state is not None and (write or self._state != "full"):
-            self._state = None
+        # the wait, less the time this worker's thread spent computing meanwhile (a large answer converted, a
+        # collection): a loop kept busy is not a slow Redis
+        waited = time.monotonic() - started - (time.thread_time() - busy)
+        if waited > self._timeout * SLOW:  # answered, but at this pace each query would wait on it several times
+            self._enter("slow", f"a call waited {waited:.2f} s")
+        elif self._state is not None and started >= self._down_until and (write or self._state != "full"):
+            self._state = None  # only a call begun after the pause ends it: not one in flight since before
             log.warning("query cache: Redis available again")
         return result
 
