@@ -246,7 +246,10 @@ async def test_file_access_hidden_by_comments_or_quoting_is_refused(client, tmp_
                 "SELECT LOAD_FILE --\x01 '\n('/etc/hostname') -- '",
                 f"SELECT 1 --\x7f '\nINTO OUTFILE '{target}7' -- '",
                 "SELECT 1 --\u00a0 , LOAD_FILE('/etc/hostname') FROM (SELECT 1 AS `\u00a0`) t",
-                f"SELECT 1 --\u3000 FROM (SELECT 1 AS `\u3000`) t INTO OUTFILE '{target}8'"]
+                f"SELECT 1 --\u3000 FROM (SELECT 1 AS `\u3000`) t INTO OUTFILE '{target}8'",
+                # tokens MySQL ends where no word boundary is: after a quoted name, a string or a number
+                f"SELECT 1 AS `x`INTO OUTFILE '{target}9'", f"SELECT \"x\"INTO OUTFILE '{target}10'",
+                f"SELECT 1.5INTO DUMPFILE '{target}11'", f"SELECT 'x'INTO OUTFILE'{target}12'"]
     status, body = await query(client, *({"refId": f"F{n}", "format": "table", "rawSql": sql}
                                          for n, sql in enumerate(attempts)))
     assert status == 400

@@ -111,7 +111,8 @@ _RESTRICTED = re.compile(r"([\s]*show[\s]+grants|[\s,]session_user\([^)]*\)|[\s,
 
 # gateway: a READ ONLY transaction does not stop SHUTDOWN, KILL, SET or file access, so a query must be a read
 _READS = re.compile(r"[\s(]*(select|with|show|desc|describe|explain|table|values)\b", re.IGNORECASE)
-_FILES = re.compile(r"\bload_file[\s\x00-\x20\x7f]*\(|\binto[\s\x00-\x20\x7f]+(outfile|dumpfile)\b", re.IGNORECASE)
+# no word boundaries: MySQL ends a token where the check would see none (`1.5INTO`, `"x"INTO`, OUTFILE'name')
+_FILES = re.compile(r"load_file[\s\x00-\x20\x7f]*\(|into[\s\x00-\x20\x7f]+(outfile|dumpfile)", re.IGNORECASE)
 # MySQL's `--` comment needs a space or an ASCII control character after the dashes (not any Unicode space:
 # `--\u00a0` is two minus signs to the server, and what follows is code)
 _DASHES = r"--[\x00-\x20\x7f]"
@@ -133,10 +134,10 @@ def _words(sql: str, tokens: re.Pattern[str]) -> str:
     ANSI_QUOTES) and strings are emptied."""
     def word(match: re.Match[str]) -> str:
         token = match.group()
-        if token[0] in "`\"":
-            return token[1:-1] if len(token) > 1 and token[-1] == token[0] else token[1:]
+        if token[0] in "`\"":  # a token of its own, as to MySQL: spaced from what it touches
+            return " " + (token[1:-1] if len(token) > 1 and token[-1] == token[0] else token[1:]) + " "
         if token[0] == "'":
-            return "''"
+            return " '' "
         return " "
 
     return tokens.sub(word, sql)
